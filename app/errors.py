@@ -1,0 +1,151 @@
+"""The gateway's exceptions and the one table that maps them to HTTP and SSE.
+
+Routes and services raise; only this module decides status codes and bodies.
+Messages are written by us: never a stack trace, never an echo of the input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """Base class: carries what the client is told."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str] | None:
+        return None
+
+
+class InvalidRequest(GatewayError):
+    status = HTTPStatus.BAD_REQUEST
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(GatewayError):
+    status = HTTPStatus.NOT_FOUND
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    status = HTTPStatus.NOT_FOUND
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    type = "invalid_request_error"
+
+
+class Unavailable(GatewayError):
+    """The gateway cannot take work now (starting, draining, engine gone)."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    type = "service_unavailable"
+    retry_after = 5
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class EngineFailure(GatewayError):
+    """The engine failed this request (it may still serve others)."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    type = "server_error"
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def sse_error_data(exc: GatewayError) -> str:
+    """The `data:` payload of the error event that ends a broken stream."""
+    body = exc.body()
+    body["error"]["code"] = exc.code or int(exc.status)
+    return json.dumps(body)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """Describe the first validation problem by field, without the offending value."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    err = errors[0]
+    kind = err.get("type", "")
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    # Drop the union-member tags pydantic adds ("str", "list[int]", ...).
+    field = next((p for p in loc if not p.isdigit() and "[" not in p and p not in ("str", "int")), None)
+    param = ".".join(loc[: loc.index(field) + 1]) if field else None
+    if kind == "json_invalid":
+        return "Request body is not valid JSON.", None
+    if kind in ("model_attributes_type", "dict_type") and not loc:
+        return "Request body must be a JSON object.", None
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    msg = str(err.get("msg", "invalid value"))
+    return (f"Invalid value for '{param}': {msg}." if param else f"{msg}."), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(InvalidRequest(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == HTTPStatus.NOT_FOUND:
+            return error_response(RouteNotFound("No such route."))
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            return error_response(MethodNotAllowed("Method not allowed for this route."))
+        err = GatewayError(HTTPStatus(exc.status_code).phrase)
+        err.status = HTTPStatus(exc.status_code)
+        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return error_response(GatewayError("Internal server error."))

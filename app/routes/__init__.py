@@ -1,0 +1,1 @@
+"""HTTP routes: parse, call the service, shape the response. Nothing else."""

@@ -1,0 +1,434 @@
+"""Completion logic: validation, token counting, the context limit, sampling
+options, and turning engine outputs into OpenAI completion objects. No FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from app.config import Truncation
+from app.engine.protocol import (
+    CompletionOutput,
+    Engine,
+    PositionLogprobs,
+    RequestOutput,
+    SamplingOptions,
+)
+from app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from app.schemas import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+)
+
+TRUNCATED_HEADER = "x-truncated-prompt-tokens"
+
+
+@dataclass(slots=True)
+class PreparedPrompt:
+    token_ids: list[int]
+    text: str | None  # the caller's text when it was sent whole, for echo
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class PreparedCompletion:
+    """A validated request: what to run and how to present it."""
+
+    request_id: str
+    created: int
+    model: str
+    prompts: list[PreparedPrompt]
+    options: SamplingOptions
+    n: int  # choices returned per prompt
+    echo: bool
+    logprobs: int | None  # top-k the client asked for, None for no logprobs
+    include_usage: bool
+
+    @property
+    def dropped_tokens(self) -> int:
+        return sum(p.dropped for p in self.prompts)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    def headers(self) -> dict[str, str]:
+        return {"x-request-id": self.request_id, TRUNCATED_HEADER: str(self.dropped_tokens)}
+
+
+@dataclass(slots=True)
+class _ChoiceState:
+    """Per-choice bookkeeping while outputs arrive."""
+
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+    cumulative_logprob: float = 0.0
+    logprobs: CompletionLogprobs | None = None
+    offset: int = 0  # text_offset of the next token
+    started: bool = False
+
+
+class CompletionService:
+    def __init__(self, engine: Engine, model_name: str, truncation: Truncation):
+        self.engine = engine
+        self.model_name = model_name
+        self.truncation = truncation
+
+    # -- validation and the context limit ---------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise ModelNotFound(
+                f"The model does not exist; this gateway serves '{self.model_name}'.",
+                param="model",
+            )
+
+    def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+        self.check_model(req.model)
+        if req.suffix is not None:
+            raise InvalidRequest("suffix is not supported by this model.", param="suffix")
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        limit = self.engine.max_model_len
+        if max_tokens >= limit:
+            raise ContextLengthExceeded(
+                f"max_tokens must be less than this model's maximum context length of "
+                f"{limit} tokens (it leaves no room for a prompt); you requested {max_tokens}.",
+                param="max_tokens",
+            )
+        best_of = req.best_of if req.best_of is not None else req.n
+        if best_of < req.n:
+            raise InvalidRequest("best_of must be greater than or equal to n.", param="best_of")
+        if req.stream and best_of > req.n:
+            raise InvalidRequest("best_of greater than n cannot be streamed.", param="best_of")
+        if req.logprobs is not None and req.logprobs > self.engine.max_logprobs:
+            raise InvalidRequest(
+                f"logprobs must be at most {self.engine.max_logprobs}.", param="logprobs"
+            )
+        truncate_to = req.truncate_prompt_tokens
+        if truncate_to == -1:
+            truncate_to = None  # vLLM's "-1": the model's limit, which applies anyway.
+        if truncate_to == 0:
+            raise InvalidRequest("truncate_prompt_tokens must be -1 or at least 1.",
+                                 param="truncate_prompt_tokens")
+        prompts = [
+            self._fit(p, max_tokens, truncate_to) for p in self._tokenize_prompts(req.prompt)
+        ]
+        # best_of > n ranks candidates by cumulative logprob, which vLLM only
+        # computes when logprobs are requested.
+        sample_logprobs = req.logprobs
+        if best_of > req.n and sample_logprobs is None:
+            sample_logprobs = 0
+        options = SamplingOptions(
+            max_tokens=max_tokens,
+            n=best_of,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            seed=req.seed,
+            stop=[req.stop] if isinstance(req.stop, str) else req.stop,
+            stop_token_ids=req.stop_token_ids,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty,
+            logit_bias=self._logit_bias(req.logit_bias),
+            min_tokens=req.min_tokens,
+            ignore_eos=req.ignore_eos,
+            logprobs=sample_logprobs,
+            prompt_logprobs=req.logprobs if req.echo else None,
+            skip_special_tokens=req.skip_special_tokens,
+            stream=req.stream,
+        )
+        return PreparedCompletion(
+            request_id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=self.model_name,
+            prompts=prompts,
+            options=options,
+            n=req.n,
+            echo=req.echo,
+            logprobs=req.logprobs,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        )
+
+    def _tokenize_prompts(
+        self, prompt: str | list[str] | list[int] | list[list[int]]
+    ) -> list[PreparedPrompt]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise InvalidRequest("prompt must not be empty.", param="prompt")
+        if isinstance(prompt[0], int):
+            prompt = [prompt]  # type: ignore[list-item]
+        out = []
+        for item in prompt:
+            if isinstance(item, str):
+                ids = self.engine.tokenizer.encode(item, add_special_tokens=True)
+                out.append(PreparedPrompt(token_ids=ids, text=item))
+                continue
+            ids = list(item)  # type: ignore[arg-type]
+            if not ids:
+                raise InvalidRequest("A token-id prompt must not be empty.", param="prompt")
+            if max(ids) >= self.engine.vocab_size:
+                raise InvalidRequest(
+                    f"Token ids must be below the vocabulary size {self.engine.vocab_size}.",
+                    param="prompt",
+                )
+            out.append(PreparedPrompt(token_ids=ids, text=None))
+        return out
+
+    def _fit(self, prompt: PreparedPrompt, max_tokens: int, truncate_to: int | None) -> PreparedPrompt:
+        """Apply truncate_prompt_tokens and the context limit to one prompt."""
+        ids = prompt.token_ids
+        limit = self.engine.max_model_len
+        if len(ids) + max_tokens > limit and self.truncation == "error":
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the prompt, "
+                f"{max_tokens} for the completion). Please reduce the prompt or the "
+                f"completion length.",
+                param="prompt",
+            )
+        budget = limit - max_tokens
+        if truncate_to is not None:
+            budget = min(budget, truncate_to)
+        if len(ids) <= budget:
+            return prompt
+        bos = self.engine.bos_token_id
+        # Keep BOS (the model was trained with it) and the newest tokens.
+        if bos is not None and ids[0] == bos and budget >= 2:
+            kept = [bos, *ids[len(ids) - budget + 1 :]]
+        else:
+            kept = ids[len(ids) - budget :]
+        return PreparedPrompt(token_ids=kept, text=None, dropped=len(ids) - budget)
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        if not bias:
+            return None
+        out: dict[int, float] = {}
+        for key, value in bias.items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise InvalidRequest("logit_bias keys must be token ids.", param="logit_bias") from None
+            if not 0 <= token < self.engine.vocab_size:
+                raise InvalidRequest(
+                    f"logit_bias token ids must be in [0, {self.engine.vocab_size}).",
+                    param="logit_bias",
+                )
+            out[token] = value
+        return out
+
+    # -- running ----------------------------------------------------------
+
+    async def _outputs(self, prep: PreparedCompletion) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Engine outputs of every prompt, tagged with the prompt's index, as they come."""
+        engine = self.engine
+        if len(prep.prompts) == 1:
+            async for out in engine.generate(prep.prompts[0].token_ids, prep.options, prep.request_id):
+                yield 0, out
+            return
+        queue: asyncio.Queue[tuple[int, RequestOutput] | Exception | None] = asyncio.Queue()
+
+        async def pump(i: int, prompt: PreparedPrompt) -> None:
+            try:
+                async for out in engine.generate(prompt.token_ids, prep.options, f"{prep.request_id}-{i}"):
+                    queue.put_nowait((i, out))
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prep.prompts)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            # Cancelling a pump cancels its engine.generate, which aborts the request.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def complete(self, prep: PreparedCompletion) -> Completion:
+        states: dict[tuple[int, int], _ChoiceState] = {}
+        prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
+        async for i, out in self._outputs(prep):
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[i] = out.prompt_logprobs
+            for o in out.outputs:
+                state = states.get((i, o.index))
+                if state is None:
+                    state = states[(i, o.index)] = self._start_choice(prep, i, prompt_logprobs)
+                self._advance(prep, state, o)
+                state.text.append(o.text)
+                if o.cumulative_logprob is not None:
+                    state.cumulative_logprob = o.cumulative_logprob
+        choices: list[CompletionChoice] = []
+        completion_tokens = 0
+        for i in range(len(prep.prompts)):
+            candidates = [states[k] for k in sorted(states) if k[0] == i]
+            completion_tokens += sum(s.tokens for s in candidates)
+            if len(candidates) > prep.n:  # best_of: keep the n most likely.
+                candidates.sort(key=lambda s: s.cumulative_logprob, reverse=True)
+                candidates = candidates[: prep.n]
+            for j, state in enumerate(candidates):
+                choices.append(
+                    {
+                        "index": i * prep.n + j,
+                        "text": "".join(state.text),
+                        "logprobs": state.logprobs if prep.logprobs is not None else None,
+                        "finish_reason": state.finish_reason,
+                    }
+                )
+        return {
+            "id": prep.request_id,
+            "object": "text_completion",
+            "created": prep.created,
+            "model": prep.model,
+            "choices": choices,
+            "usage": self._usage(prep, completion_tokens),
+        }
+
+    async def open_stream(self, prep: PreparedCompletion) -> AsyncIterator[str]:
+        """Start the request and wait for its first output, so that errors the
+        engine raises on admission still become a proper HTTP status; then
+        return the stream of JSON chunks."""
+        outputs = self._outputs(prep)
+        try:
+            first = await anext(outputs)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await outputs.aclose()
+            raise
+        return self._chunks(prep, first, outputs)
+
+    async def _chunks(
+        self,
+        prep: PreparedCompletion,
+        first: tuple[int, RequestOutput] | None,
+        outputs: AsyncIterator[tuple[int, RequestOutput]],
+    ) -> AsyncIterator[str]:
+        states: dict[tuple[int, int], _ChoiceState] = {}
+        prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
+        completion_tokens = 0
+        base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
+                "model": prep.model}
+        usage_field = {"usage": None} if prep.include_usage else {}
+
+        async def tagged() -> AsyncIterator[tuple[int, RequestOutput]]:
+            if first is not None:
+                yield first
+            async for item in outputs:
+                yield item
+
+        async for i, out in tagged():
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[i] = out.prompt_logprobs
+            for o in out.outputs:
+                key = (i, o.index)
+                state = states.get(key)
+                before = 0  # where this chunk's logprobs start
+                if state is None:
+                    state = states[key] = self._start_choice(prep, i, prompt_logprobs)
+                elif state.logprobs is not None:
+                    before = len(state.logprobs["tokens"])
+                prefix = "".join(state.text)  # the echoed prompt, first time only
+                state.text.clear()
+                self._advance(prep, state, o)
+                completion_tokens += len(o.token_ids)
+                text = prefix + o.text
+                new_logprobs = state.logprobs is not None and len(state.logprobs["tokens"]) > before
+                if not text and o.finish_reason is None and not new_logprobs:
+                    continue  # nothing new to tell (e.g. bytes held back by the detokenizer)
+                logprobs = None
+                if state.logprobs is not None:
+                    lp = state.logprobs
+                    logprobs = {k: v[before:] for k, v in lp.items()}  # type: ignore[attr-defined]
+                chunk = {
+                    **base,
+                    "choices": [{"index": i * prep.n + o.index, "text": text,
+                                 "logprobs": logprobs, "finish_reason": o.finish_reason}],
+                    **usage_field,
+                }
+                yield json.dumps(chunk, ensure_ascii=False)
+        if prep.include_usage:
+            yield json.dumps({**base, "choices": [], "usage": self._usage(prep, completion_tokens)})
+
+    def _start_choice(
+        self,
+        prep: PreparedCompletion,
+        prompt_index: int,
+        prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]],
+    ) -> _ChoiceState:
+        state = _ChoiceState()
+        if prep.logprobs is not None:
+            state.logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        if prep.echo:
+            prompt = prep.prompts[prompt_index]
+            text = prompt.text
+            if text is None:
+                text = self.engine.tokenizer.decode(prompt.token_ids, skip_special_tokens=True)
+            state.text.append(text)
+            if state.logprobs is not None:
+                self._add_logprobs(state, prompt.token_ids, prompt_logprobs.get(prompt_index))
+        return state
+
+    def _advance(self, prep: PreparedCompletion, state: _ChoiceState, o: CompletionOutput) -> None:
+        state.tokens += len(o.token_ids)
+        if o.finish_reason is not None:
+            state.finish_reason = o.finish_reason
+        if state.logprobs is not None and o.logprobs is not None:
+            self._add_logprobs(state, o.token_ids, o.logprobs)
+
+    def _add_logprobs(
+        self,
+        state: _ChoiceState,
+        token_ids: Sequence[int],
+        positions: Sequence[PositionLogprobs | None] | None,
+    ) -> None:
+        lp = state.logprobs
+        assert lp is not None
+        decode = self.engine.tokenizer.decode
+        for pos, token_id in enumerate(token_ids):
+            step = positions[pos] if positions is not None and pos < len(positions) else None
+            chosen = step.get(token_id) if step is not None else None
+            token = chosen.decoded_token if chosen is not None else None
+            if token is None:
+                token = decode([token_id], skip_special_tokens=False)
+            lp["tokens"].append(token)
+            lp["token_logprobs"].append(chosen.logprob if chosen is not None else None)
+            lp["top_logprobs"].append(
+                None
+                if step is None
+                else {
+                    (e.decoded_token if e.decoded_token is not None else decode([t], skip_special_tokens=False)): e.logprob
+                    for t, e in step.items()
+                }
+            )
+            lp["text_offset"].append(state.offset)
+            state.offset += len(token)
+
+    def _usage(self, prep: PreparedCompletion, completion_tokens: int) -> Usage:
+        prompt_tokens = prep.prompt_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
