@@ -101,6 +101,18 @@ def sse_error_data(exc: GatewayError) -> str:
     return json.dumps(body)
 
 
+# Fields whose type is a union: pydantic reports one error per member, which
+# reads badly ("should be a valid string" for a list); say what is accepted.
+_UNION_HINTS = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": "a string or a list of strings",
+}
+
+
+def _is_union_tag(part: str) -> bool:
+    return "[" in part or part in {"str", "int", "float", "bool", "list", "dict"}
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """Describe the first validation problem by field, without the offending value."""
     errors = exc.errors()
@@ -108,18 +120,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "Invalid request body.", None
     err = errors[0]
     kind = err.get("type", "")
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    # Drop the union-member tags pydantic adds ("str", "list[int]", ...).
-    field = next((p for p in loc if not p.isdigit() and "[" not in p and p not in ("str", "int")), None)
-    param = ".".join(loc[: loc.index(field) + 1]) if field else None
+    path = [str(p) for p in err.get("loc", ()) if p != "body"]
+    names = [p for p in path if not p.isdigit() and not _is_union_tag(p)]
+    param = ".".join(names) or None
     if kind == "json_invalid":
         return "Request body is not valid JSON.", None
-    if kind in ("model_attributes_type", "dict_type") and not loc:
+    if not names and kind in ("model_attributes_type", "dict_type", "model_type"):
         return "Request body must be a JSON object.", None
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if names and names[0] in _UNION_HINTS and len(names) == 1:
+        return f"Invalid value for '{names[0]}': expected {_UNION_HINTS[names[0]]}.", names[0]
     msg = str(err.get("msg", "invalid value"))
     return (f"Invalid value for '{param}': {msg}." if param else f"{msg}."), param
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from app.config import Truncation
@@ -117,8 +117,9 @@ class CompletionService:
         if truncate_to == -1:
             truncate_to = None  # vLLM's "-1": the model's limit, which applies anyway.
         if truncate_to == 0:
-            raise InvalidRequest("truncate_prompt_tokens must be -1 or at least 1.",
-                                 param="truncate_prompt_tokens")
+            raise InvalidRequest(
+                "truncate_prompt_tokens must be -1 or at least 1.", param="truncate_prompt_tokens"
+            )
         prompts = [
             self._fit(p, max_tokens, truncate_to) for p in self._tokenize_prompts(req.prompt)
         ]
@@ -167,15 +168,15 @@ class CompletionService:
             prompt = [prompt]
         if not prompt:
             raise InvalidRequest("prompt must not be empty.", param="prompt")
-        if isinstance(prompt[0], int):
-            prompt = [prompt]  # type: ignore[list-item]
+        items: list[str] | list[list[int]] | list[list[int] | str]
+        items = [prompt] if isinstance(prompt[0], int) else prompt
         out = []
-        for item in prompt:
+        for item in items:
             if isinstance(item, str):
                 ids = self.engine.tokenizer.encode(item, add_special_tokens=True)
                 out.append(PreparedPrompt(token_ids=ids, text=item))
                 continue
-            ids = list(item)  # type: ignore[arg-type]
+            ids = list(item)
             if not ids:
                 raise InvalidRequest("A token-id prompt must not be empty.", param="prompt")
             if max(ids) >= self.engine.vocab_size:
@@ -186,7 +187,9 @@ class CompletionService:
             out.append(PreparedPrompt(token_ids=ids, text=None))
         return out
 
-    def _fit(self, prompt: PreparedPrompt, max_tokens: int, truncate_to: int | None) -> PreparedPrompt:
+    def _fit(
+        self, prompt: PreparedPrompt, max_tokens: int, truncate_to: int | None
+    ) -> PreparedPrompt:
         """Apply truncate_prompt_tokens and the context limit to one prompt."""
         ids = prompt.token_ids
         limit = self.engine.max_model_len
@@ -219,7 +222,9 @@ class CompletionService:
             try:
                 token = int(key)
             except ValueError:
-                raise InvalidRequest("logit_bias keys must be token ids.", param="logit_bias") from None
+                raise InvalidRequest(
+                    "logit_bias keys must be token ids.", param="logit_bias"
+                ) from None
             if not 0 <= token < self.engine.vocab_size:
                 raise InvalidRequest(
                     f"logit_bias token ids must be in [0, {self.engine.vocab_size}).",
@@ -230,18 +235,24 @@ class CompletionService:
 
     # -- running ----------------------------------------------------------
 
-    async def _outputs(self, prep: PreparedCompletion) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def _outputs(
+        self, prep: PreparedCompletion
+    ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
         """Engine outputs of every prompt, tagged with the prompt's index, as they come."""
         engine = self.engine
         if len(prep.prompts) == 1:
-            async for out in engine.generate(prep.prompts[0].token_ids, prep.options, prep.request_id):
+            async for out in engine.generate(
+                prep.prompts[0].token_ids, prep.options, prep.request_id
+            ):
                 yield 0, out
             return
         queue: asyncio.Queue[tuple[int, RequestOutput] | Exception | None] = asyncio.Queue()
 
         async def pump(i: int, prompt: PreparedPrompt) -> None:
             try:
-                async for out in engine.generate(prompt.token_ids, prep.options, f"{prep.request_id}-{i}"):
+                async for out in engine.generate(
+                    prompt.token_ids, prep.options, f"{prep.request_id}-{i}"
+                ):
                     queue.put_nowait((i, out))
             except Exception as exc:
                 queue.put_nowait(exc)
@@ -328,8 +339,12 @@ class CompletionService:
         states: dict[tuple[int, int], _ChoiceState] = {}
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
         completion_tokens = 0
-        base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
-                "model": prep.model}
+        base = {
+            "id": prep.request_id,
+            "object": "text_completion",
+            "created": prep.created,
+            "model": prep.model,
+        }
         usage_field = {"usage": None} if prep.include_usage else {}
 
         async def tagged() -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -357,14 +372,25 @@ class CompletionService:
                 new_logprobs = state.logprobs is not None and len(state.logprobs["tokens"]) > before
                 if not text and o.finish_reason is None and not new_logprobs:
                     continue  # nothing new to tell (e.g. bytes held back by the detokenizer)
-                logprobs = None
+                logprobs: CompletionLogprobs | None = None
                 if state.logprobs is not None:
                     lp = state.logprobs
-                    logprobs = {k: v[before:] for k, v in lp.items()}  # type: ignore[attr-defined]
+                    logprobs = {
+                        "tokens": lp["tokens"][before:],
+                        "token_logprobs": lp["token_logprobs"][before:],
+                        "top_logprobs": lp["top_logprobs"][before:],
+                        "text_offset": lp["text_offset"][before:],
+                    }
                 chunk = {
                     **base,
-                    "choices": [{"index": i * prep.n + o.index, "text": text,
-                                 "logprobs": logprobs, "finish_reason": o.finish_reason}],
+                    "choices": [
+                        {
+                            "index": i * prep.n + o.index,
+                            "text": text,
+                            "logprobs": logprobs,
+                            "finish_reason": o.finish_reason,
+                        }
+                    ],
                     **usage_field,
                 }
                 yield json.dumps(chunk, ensure_ascii=False)
@@ -379,7 +405,12 @@ class CompletionService:
     ) -> _ChoiceState:
         state = _ChoiceState()
         if prep.logprobs is not None:
-            state.logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            state.logprobs = {
+                "tokens": [],
+                "token_logprobs": [],
+                "top_logprobs": [],
+                "text_offset": [],
+            }
         if prep.echo:
             prompt = prep.prompts[prompt_index]
             text = prompt.text
@@ -418,7 +449,11 @@ class CompletionService:
                 None
                 if step is None
                 else {
-                    (e.decoded_token if e.decoded_token is not None else decode([t], skip_special_tokens=False)): e.logprob
+                    (
+                        e.decoded_token
+                        if e.decoded_token is not None
+                        else decode([t], skip_special_tokens=False)
+                    ): e.logprob
                     for t, e in step.items()
                 }
             )

@@ -8,7 +8,9 @@ from typing import Any
 from starlette.responses import Response
 
 
-def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """JSON without FastAPI's encoder pass (our bodies are plain dicts already)."""
     return Response(
         json.dumps(content, ensure_ascii=False),

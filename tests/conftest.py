@@ -51,7 +51,9 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def start_gateway(model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Gateway:
     port = free_port()
     cmd = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), *args]
     full_env = {**os.environ, **(env or {})}

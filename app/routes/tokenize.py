@@ -35,5 +35,7 @@ async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> Response:
             f"Token ids must be below the vocabulary size {service.engine.vocab_size}.",
             param="tokens",
         )
-    result: DetokenizeResponse = {"prompt": service.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+    result: DetokenizeResponse = {
+        "prompt": service.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)
+    }
     return json_response(result)

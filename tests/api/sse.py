@@ -6,4 +6,6 @@ import httpx
 
 
 def data_events(response: httpx.Response) -> list[str]:
-    return [line[len("data:") :].strip() for line in response.iter_lines() if line.startswith("data:")]
+    return [
+        line[len("data:") :].strip() for line in response.iter_lines() if line.startswith("data:")
+    ]

@@ -38,9 +38,17 @@ def test_build_is_byte_identical(tmp_path: Path, model_dir: Path) -> None:
     tarball = ROOT / ".cache" / "npm" / "llama-tokenizer-js-1.2.2.tgz"
     for name in ("a", "b"):
         subprocess.run(
-            [sys.executable, "scripts/build_fixture.py", "--out", str(tmp_path / name),
-             "--tarball", str(tarball)],
-            check=True, cwd=ROOT, capture_output=True,
+            [
+                sys.executable,
+                "scripts/build_fixture.py",
+                "--out",
+                str(tmp_path / name),
+                "--tarball",
+                str(tarball),
+            ],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
         )
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert "model.safetensors" in files and "tokenizer.json" in files

@@ -1,0 +1,69 @@
+"""A scripted engine for fault tests only (everything else runs the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from app.engine.protocol import SamplingOptions
+
+
+@dataclass
+class Out:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: None = None
+    cumulative_logprob: float | None = None
+
+
+@dataclass
+class ReqOut:
+    outputs: list[Out]
+    finished: bool = False
+    prompt_logprobs: None = None
+
+
+class CharTokenizer:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([1] if add_special_tokens else []) + [3 + ord(c) % 1000 for c in text]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i - 3) for i in ids if i > 2)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.decode([i]) for i in ids]
+
+
+# A script: (prompt_token_ids, options) -> async iterator of outputs, may raise.
+Script = Callable[[list[int], SamplingOptions], AsyncIterator[ReqOut]]
+
+
+@dataclass
+class FakeEngine:
+    script: Script
+    max_model_len: int = 64
+    vocab_size: int = 1003
+    max_logprobs: int = 5
+    bos_token_id: int | None = 1
+    tokenizer: CharTokenizer = field(default_factory=CharTokenizer)
+    errored: bool = False
+    cancelled: list[str] = field(default_factory=list)
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[ReqOut]:
+        try:
+            async for out in self.script(prompt_token_ids, options):
+                yield out
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.append(request_id)
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        self.cancelled.append(request_id)
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,108 @@
+"""Engine faults become OpenAI errors: HTTP status before a stream starts, an
+SSE error event then [DONE] after. Scripted with a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.engine.protocol import SamplingOptions
+from app.errors import EngineFailure, Unavailable
+from app.main import create_app
+from tests.unit.fake_engine import FakeEngine, Out, ReqOut, Script
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
+    app = create_app(Settings(served_model_name="fake"), engine=engine)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            if path == "/health":
+                return await c.get(path)
+            return await c.post(path, json=body)
+
+
+def events(r: httpx.Response) -> list[str]:
+    return [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+
+
+def fails_after(n: int, exc: Exception) -> Script:
+    async def script(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        for i in range(n):
+            yield ReqOut([Out(0, f"t{i}", [5])])
+        raise exc
+
+    return script
+
+
+async def test_mid_stream_failure_ends_with_error_event_then_done() -> None:
+    r = await call(
+        FakeEngine(fails_after(2, EngineFailure("boom"))), {"prompt": "hi", "stream": True}
+    )
+    assert r.status_code == 200
+    ev = events(r)
+    assert [json.loads(e)["choices"][0]["text"] for e in ev[:2]] == ["t0", "t1"]
+    err = json.loads(ev[2])["error"]
+    assert err["message"] == "boom" and err["type"] == "server_error"
+    assert ev[3:] == ["[DONE]"]
+
+
+async def test_unexpected_exception_mid_stream_is_not_leaked() -> None:
+    r = await call(
+        FakeEngine(fails_after(1, RuntimeError("secret internals"))),
+        {"prompt": "hi", "stream": True},
+    )
+    assert "secret internals" not in r.text and "Traceback" not in r.text
+    assert events(r)[-1] == "[DONE]"
+    assert "error" in json.loads(events(r)[-2])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_engine_gone_before_first_output_is_503_with_retry_after(stream: bool) -> None:
+    engine = FakeEngine(fails_after(0, Unavailable("The inference engine is not running.")))
+    r = await call(engine, {"prompt": "hi", "stream": stream})
+    assert r.status_code == 503
+    assert r.headers["retry-after"].isdigit()
+    assert r.json()["error"]["type"] == "service_unavailable"
+
+
+async def test_errored_engine_is_refused_and_unhealthy() -> None:
+    engine = FakeEngine(fails_after(1, EngineFailure("x")), errored=True)
+    r = await call(engine, {"prompt": "hi"})
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    assert (await call(engine, {}, "/health")).status_code == 503
+
+
+async def test_unexpected_exception_non_stream_is_a_bare_500() -> None:
+    r = await call(FakeEngine(fails_after(1, RuntimeError("secret internals"))), {"prompt": "hi"})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == "Internal server error."
+    assert "secret internals" not in r.text
+
+
+async def test_failure_of_one_prompt_cancels_the_others() -> None:
+    async def script(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        if ids[1] == 3 + ord("a"):
+            yield ReqOut([Out(0, "a", [5])])
+            raise EngineFailure("prompt a failed")
+        while True:  # prompt b would run forever
+            await asyncio.sleep(0.01)
+            yield ReqOut([Out(0, "b", [5])])
+
+    engine = FakeEngine(script)
+    r = await call(engine, {"prompt": ["a", "b"], "max_tokens": 4})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == "prompt a failed"
+    assert any(rid.endswith("-1") for rid in engine.cancelled)
