@@ -1,0 +1,80 @@
+"""Settings: GATEWAY_* variables, matching CLI flags, device profiles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.config import DEVICE_PROFILES, Settings
+from tests.conftest import ROOT
+
+
+def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9001")
+    monkeypatch.setenv("GATEWAY_TRUNCATION", "error")
+    monkeypatch.setenv("GATEWAY_ENGINE_ARGS", '{"seed": 7, "max_logprobs": 5}')
+    s = Settings()
+    assert (s.port, s.truncation, s.device, s.host) == (9001, "error", "auto", "127.0.0.1")
+    assert s.engine_args == {"seed": 7, "max_logprobs": 5}
+    assert s.model_name == "tiny-mobilellama"  # the model directory's name
+
+
+def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9001")
+    s = Settings(
+        _cli_parse_args=[
+            "--port",
+            "9002",
+            "--max-model-len",
+            "1024",
+            "--enforce-eager",
+            "true",
+            "--served-model-name",
+            "m",
+            "--engine-args",
+            '{"seed": 3}',
+        ]
+    )
+    assert (s.port, s.max_model_len, s.enforce_eager, s.model_name) == (9002, 1024, True, "m")
+    assert s.engine_args == {"seed": 3}
+
+
+def test_invalid_values_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Settings(truncation="right")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Settings(gpu_memory_utilization=1.5)
+
+
+def test_engine_kwargs_layer_profile_then_settings_then_passthrough() -> None:
+    s = Settings(
+        model="/models/MobileLLaMA-1.4B-Base",
+        max_num_seqs=8,
+        engine_args={"max_num_batched_tokens": 4096, "seed": 1},
+    )
+    npu = s.engine_kwargs("npu")
+    assert npu["dtype"] == "float16" and npu["enable_prefix_caching"] is True
+    assert npu["compilation_config"] == {"cudagraph_mode": "PIECEWISE"}
+    assert npu["max_num_seqs"] == 8  # explicit setting beats the profile
+    assert npu["max_num_batched_tokens"] == 4096  # passthrough beats both
+    assert npu["served_model_name"] == "MobileLLaMA-1.4B-Base"
+    cpu = s.engine_kwargs("cpu")
+    assert cpu["enforce_eager"] is True and cpu["gpu_memory_utilization"] < 0.5
+    assert DEVICE_PROFILES["npu"]["max_num_batched_tokens"] == 8192  # profile untouched
+
+
+def test_console_script_is_the_cli() -> None:
+    script = ROOT / ".venv" / "bin" / "ascend-llm-gateway"
+    for cmd in ([str(script), "--help"], [sys.executable, "-m", "app", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        assert "--max-model-len" in out and "--truncation" in out
+
+
+def test_auto_device_is_cpu_without_torch_npu() -> None:
+    pytest.importorskip("vllm")
+    from app.engine.vllm import resolve_device
+
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("npu") == "npu"
