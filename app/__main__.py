@@ -1,28 +1,42 @@
-"""CLI: `ascend-llm-gateway` / `python -m app`. Flags mirror GATEWAY_* variables."""
+"""CLI: `ascend-llm-gateway` / `python -m app`. Flags mirror GATEWAY_* variables.
+
+The exit code is the supervisor's: 0 after a drain, non-zero when the engine
+failed to start or died, so an orchestrator restarts the pod.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
 from app.config import Settings
+from app.logs import configure
 from app.main import create_app
+from app.server import GatewayServer
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.run(
-        create_app(settings),
+    configure(settings.log_level, settings.log_format)
+    server: GatewayServer | None = None
+
+    def on_exit() -> None:
+        if server is not None:
+            server.stop()
+
+    app = create_app(settings, on_exit=on_exit)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # ours, from app.logs
+        timeout_graceful_shutdown=5,
     )
+    server = GatewayServer(config, app.state.supervisor)
+    server.run()
+    sys.exit(app.state.supervisor.exit_code)
 
 
 if __name__ == "__main__":

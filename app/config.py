@@ -62,6 +62,24 @@ class Settings(BaseSettings):
         "left", description="Over-long prompts: keep BOS + newest tokens (left) or 400 (error)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line.")
+
+    # Lifecycle.
+    warmup: Literal["none", "minimal", "full"] = Field(
+        "full",
+        description="Generations before ready: none; batch 1; batch 1 + full batch + long prefill.",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds in-flight requests get after SIGTERM before they are aborted.",
+    )
+    exit_grace: float = Field(
+        3.0, ge=0, description="Seconds health shows `failed` before the process exits non-zero."
+    )
+    watchdog_interval: float = Field(
+        1.0, gt=0, description="Seconds between engine liveness checks."
+    )
 
     # Engine arguments; None means "take the device profile's value, else vLLM's".
     dtype: str | None = None

@@ -61,7 +61,7 @@ class PreparedCompletion:
         return sum(len(p.token_ids) for p in self.prompts)
 
     def headers(self) -> dict[str, str]:
-        return {"x-request-id": self.request_id, TRUNCATED_HEADER: str(self.dropped_tokens)}
+        return {TRUNCATED_HEADER: str(self.dropped_tokens)}
 
 
 @dataclass(slots=True)
@@ -82,6 +82,12 @@ class CompletionService:
         self.engine = engine
         self.model_name = model_name
         self.truncation = truncation
+        self._active: set[str] = set()  # engine request ids in flight
+
+    async def abort_all(self) -> None:
+        """Abort every engine request in flight (drain timeout)."""
+        for request_id in list(self._active):
+            await self.engine.abort(request_id)
 
     # -- validation and the context limit ---------------------------------
 
@@ -241,22 +247,27 @@ class CompletionService:
         """Engine outputs of every prompt, tagged with the prompt's index, as they come."""
         engine = self.engine
         if len(prep.prompts) == 1:
-            async for out in engine.generate(
-                prep.prompts[0].token_ids, prep.options, prep.request_id
-            ):
-                yield 0, out
+            self._active.add(prep.request_id)
+            try:
+                async for out in engine.generate(
+                    prep.prompts[0].token_ids, prep.options, prep.request_id
+                ):
+                    yield 0, out
+            finally:
+                self._active.discard(prep.request_id)
             return
         queue: asyncio.Queue[tuple[int, RequestOutput] | Exception | None] = asyncio.Queue()
 
         async def pump(i: int, prompt: PreparedPrompt) -> None:
+            request_id = f"{prep.request_id}-{i}"
+            self._active.add(request_id)
             try:
-                async for out in engine.generate(
-                    prompt.token_ids, prep.options, f"{prep.request_id}-{i}"
-                ):
+                async for out in engine.generate(prompt.token_ids, prep.options, request_id):
                     queue.put_nowait((i, out))
             except Exception as exc:
                 queue.put_nowait(exc)
             finally:
+                self._active.discard(request_id)
                 queue.put_nowait(None)
 
         tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prep.prompts)]

