@@ -42,8 +42,9 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's loggers (and vLLM's, which configures its own handler) go through ours.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "vllm"):
+    # uvicorn's loggers go through ours. (vLLM configures its own handler for
+    # "vllm", in the engine-core process too, and keeps its text format.)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True

@@ -129,7 +129,9 @@ def test_answers_while_loading_then_drains_on_sigterm(model_dir: Path, tmp_path:
 
 
 def test_engine_death_ends_streams_and_exits_non_zero(model_dir: Path, tmp_path: Path) -> None:
-    gw = spawn_gateway(model_dir, tmp_path / "gw.log", "--warmup", "minimal")
+    gw = spawn_gateway(
+        model_dir, tmp_path / "gw.log", "--warmup", "minimal", "--log-format", "json"
+    )
     try:
         wait_ready(gw)
         children = engine_processes(gw)
@@ -163,6 +165,15 @@ def test_engine_death_ends_streams_and_exits_non_zero(model_dir: Path, tmp_path:
         assert httpx.post(f"{gw.url}/v1/completions", json={"prompt": "x"}).status_code == 503
         assert wait_exit(gw) != 0
         assert_no_orphans(children)
+        # JSON logs: one object per line, a line per phase change, request ids.
+        records = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+        messages = [r["message"] for r in records]
+        assert any(m.startswith("phase loading -> warming after") for m in messages)
+        assert any(m.startswith("phase ready -> failed after") for m in messages)
+        assert any(
+            "POST /v1/completions" in r["message"] and len(r.get("request_id", "")) == 32
+            for r in records
+        )
     finally:
         if gw.proc.poll() is None:
             gw.proc.kill()

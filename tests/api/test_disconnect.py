@@ -1,0 +1,82 @@
+"""A client that goes away has its engine request aborted at once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import openai
+
+from tests.conftest import MODEL_NAME, Gateway
+
+LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
+
+
+def engine_running(http: httpx.Client) -> float:
+    text = http.get("/metrics").text
+    match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
+    assert match, "vllm:num_requests_running not exported"
+    return float(match.group(1))
+
+
+def wait_running_zero(http: httpx.Client, within: float = 2.0) -> float:
+    deadline = time.monotonic() + within
+    while (n := engine_running(http)) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
+def test_cancelled_streams_are_aborted(
+    gateway: Gateway, http: httpx.Client, client: openai.OpenAI
+) -> None:
+    async def open_and_abandon() -> float:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as c:
+
+            async def one() -> httpx.Response:
+                req = c.build_request("POST", "/v1/completions", json={**LONG, "stream": True})
+                r = await c.send(req, stream=True)
+                lines = r.aiter_lines()
+                while not (await anext(lines)).startswith("data:"):
+                    pass
+                return r
+
+            responses = await asyncio.gather(*(one() for _ in range(30)))
+            running = await asyncio.to_thread(engine_running, http)
+            for r in responses:
+                await r.aclose()  # the client goes away midway
+            return running
+
+    running_before = asyncio.run(open_and_abandon())
+    assert running_before > 0
+    assert wait_running_zero(http) == 0
+    out = client.completions.create(
+        model=MODEL_NAME, prompt="Hi", max_tokens=8, extra_body={"ignore_eos": True}
+    )
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage is not None and out.usage.completion_tokens == 8
+
+
+def test_abandoned_non_stream_request_is_aborted(gateway: Gateway, http: httpx.Client) -> None:
+    try:
+        httpx.post(f"{gateway.url}/v1/completions", json=LONG, timeout=1.0)
+    except httpx.ReadTimeout:
+        pass
+    else:
+        raise AssertionError("a 2000-token completion should outlast a 1 s timeout")
+    assert wait_running_zero(http) == 0
+
+
+def test_request_id_is_honoured_or_generated(http: httpx.Client) -> None:
+    r = http.post(
+        "/v1/completions",
+        json={"prompt": "x", "max_tokens": 1},
+        headers={"x-request-id": "trace-abc.123"},
+    )
+    assert r.headers["x-request-id"] == "trace-abc.123"
+    generated = http.get("/health").headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    # A malformed id is not echoed back.
+    bad = http.get("/health", headers={"x-request-id": "<script>"}).headers["x-request-id"]
+    assert bad != "<script>"
