@@ -30,8 +30,7 @@ async def live(supervisor: SupervisorDep) -> Response:
 @router.get("/health/startup", response_model=None)
 async def startup(supervisor: SupervisorDep) -> Response:
     """200 once the engine has been ready at least once."""
-    lc = supervisor.lifecycle
-    return _answer(supervisor, lc.has_been_ready and lc.phase is not Phase.FAILED)
+    return _answer(supervisor, supervisor.lifecycle.has_been_ready)
 
 
 @router.get("/health/ready", response_model=None)
