@@ -6,11 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
+PROMTOOL := .cache/prometheus/usr/bin/promtool
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint format fixture clean
 
-setup: $(STAMP) $(FIXTURE)
+setup: $(STAMP) $(FIXTURE) $(PROMTOOL)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ $(STAMP): pyproject.toml
 
 $(FIXTURE): scripts/build_fixture.py $(STAMP)
 	$(PY) scripts/build_fixture.py
+
+# promtool and the Prometheus server, for the metrics tests (Debian package).
+$(PROMTOOL): scripts/get_prometheus.sh
+	scripts/get_prometheus.sh .cache/prometheus
 
 fixture: $(STAMP)
 	$(PY) scripts/build_fixture.py

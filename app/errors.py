@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.metrics import Metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,8 @@ class GatewayError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     type: str = "server_error"
     code: str | None = None
+    # The `reason` label of gateway_rejected_requests_total; None: not a rejection.
+    reason: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -50,16 +54,19 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = HTTPStatus.BAD_REQUEST
     type = "invalid_request_error"
+    reason = "invalid_request"
 
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+    reason = "context_length"
 
 
 class ModelNotFound(GatewayError):
     status = HTTPStatus.NOT_FOUND
     type = "invalid_request_error"
     code = "model_not_found"
+    reason = "model_not_found"
 
 
 class RouteNotFound(GatewayError):
@@ -77,6 +84,7 @@ class Unavailable(GatewayError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     type = "service_unavailable"
+    reason = "unavailable"
     retry_after = 5
 
     def headers(self) -> dict[str, str] | None:
@@ -137,15 +145,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"Invalid value for '{param}': {msg}." if param else f"{msg}."), param
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def reject(exc: GatewayError) -> JSONResponse:
+        if exc.reason is not None:
+            metrics.rejected.labels(metrics.model, exc.reason).inc()
+        return error_response(exc)
+
     @app.exception_handler(GatewayError)
     async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
-        return error_response(exc)
+        return reject(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(InvalidRequest(message, param=param))
+        return reject(InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

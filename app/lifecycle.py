@@ -18,6 +18,7 @@ from typing import Any
 
 from app.config import Settings
 from app.engine.protocol import Engine
+from app.metrics import Metrics
 from app.service import CompletionService
 from app.warmup import warm_up
 
@@ -44,8 +45,8 @@ class Lifecycle:
         self.durations: dict[str, float] = {}
         self.error: str | None = None
         self.has_been_ready = False
-        # Called with (old, new) on every change; metrics subscribe here.
-        self.listeners: list[Callable[[Phase, Phase], None]] = []
+        # Called with (old, new, seconds in old) on every change; metrics subscribe.
+        self.listeners: list[Callable[[str, str, float], None]] = []
 
     def enter(self, phase: Phase) -> None:
         if phase is self.phase:
@@ -59,7 +60,7 @@ class Lifecycle:
         log = logger.error if phase is Phase.FAILED else logger.info
         log("phase %s -> %s after %.2fs in %s", old.value, phase.value, spent, old.value)
         for listener in self.listeners:
-            listener(old, phase)
+            listener(old.value, phase.value, spent)
 
     def fail(self, reason: str) -> None:
         if self.phase is Phase.FAILED:
@@ -113,10 +114,14 @@ class Supervisor:
         self,
         settings: Settings,
         build: EngineBuilder,
+        metrics: Metrics,
         on_exit: Callable[[], None] = lambda: None,
     ):
         self.settings = settings
+        self.metrics = metrics
         self.lifecycle = Lifecycle()
+        metrics.phase_changed(Phase.STARTING.value, Phase.STARTING.value, 0.0)
+        self.lifecycle.listeners.append(metrics.phase_changed)
         self.service: CompletionService | None = None
         self.engine: Engine | None = None
         self.exit_code = 0
@@ -137,7 +142,9 @@ class Supervisor:
         try:
             lc.enter(Phase.LOADING)
             engine = self.engine = await self._build()
-            service = CompletionService(engine, self.settings.model_name, self.settings.truncation)
+            service = CompletionService(
+                engine, self.settings.model_name, self.settings.truncation, self.metrics
+            )
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
             self.service = service

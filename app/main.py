@@ -9,20 +9,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
+from app.metrics import EngineStep, Metrics
 from app.middleware import RequestContext
-from app.routes import completions, health, metrics, models, tokenize
+from app.routes import completions, health, models, tokenize
+from app.routes import metrics as metrics_routes
 
 
 def create_app(
     settings: Settings | None = None,
     engine: Engine | None = None,
     on_exit: Callable[[], None] = lambda: None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """Build the app.
 
@@ -30,18 +34,21 @@ def create_app(
     returns at once, so the server binds its port while the engine loads; the
     engine is shut down on exit. A given engine is already built: startup runs
     to `ready` before the app serves. `on_exit` is how the supervisor asks the
-    server to stop (engine death, failed startup, end of drain).
+    server to stop (engine death, failed startup, end of drain). Metrics go to
+    `registry`, by default prometheus_client's global one, where vLLM puts its
+    own `vllm:*` metrics.
     """
     settings = settings or Settings()
+    metrics = Metrics(REGISTRY if registry is None else registry, settings.model_name)
 
     async def build() -> Engine:
         if engine is not None:
             return engine
         # Importing vllm (and torch) takes seconds: do it, and the build, off
         # the event loop. The import stays out of unit tests with a fake engine.
-        return await asyncio.to_thread(_build_vllm, settings)
+        return await asyncio.to_thread(_build_vllm, settings, metrics.engine_step)
 
-    supervisor = Supervisor(settings, build, on_exit)
+    supervisor = Supervisor(settings, build, metrics, on_exit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,14 +63,14 @@ def create_app(
 
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
     app.state.supervisor = supervisor
-    install_error_handlers(app)
-    for module in (completions, models, tokenize, health, metrics):
+    install_error_handlers(app, metrics)
+    for module in (completions, models, tokenize, health, metrics_routes):
         app.include_router(module.router)
     app.add_middleware(RequestContext, supervisor=supervisor)
     return app
 
 
-def _build_vllm(settings: Settings) -> Engine:
+def _build_vllm(settings: Settings, on_step: Callable[[EngineStep], None]) -> Engine:
     model = Path(settings.model)
     if not (model / "config.json").is_file():
         raise FileNotFoundError(
@@ -75,4 +82,4 @@ def _build_vllm(settings: Settings) -> Engine:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from app.engine.vllm import build_engine
 
-    return build_engine(settings)
+    return build_engine(settings, on_step)

@@ -32,12 +32,17 @@ class RequestContext:
         token = request_id_var.set(rid)
         header = (b"x-request-id", rid.encode())
 
+        status = 499  # unless a response starts: the client went away first
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        counted = scope["path"].startswith("/v1/")
+        path: str = scope["path"]
+        counted = path.startswith("/v1/")
         if counted:
             self.supervisor.inflight.enter()
         try:
@@ -45,4 +50,5 @@ class RequestContext:
         finally:
             if counted:
                 self.supervisor.inflight.leave()
+            self.supervisor.metrics.request_answered(path, status)
             request_id_var.reset(token)

@@ -20,6 +20,7 @@ from app.engine.protocol import (
     SamplingOptions,
 )
 from app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from app.metrics import Metrics, RequestTimer
 from app.schemas import (
     Completion,
     CompletionChoice,
@@ -44,6 +45,7 @@ class PreparedCompletion:
 
     request_id: str
     created: int
+    arrival: float  # time.monotonic() at arrival, for latency metrics
     model: str
     prompts: list[PreparedPrompt]
     options: SamplingOptions
@@ -74,12 +76,13 @@ class _ChoiceState:
     cumulative_logprob: float = 0.0
     logprobs: CompletionLogprobs | None = None
     offset: int = 0  # text_offset of the next token
-    started: bool = False
+    timer: RequestTimer | None = None
 
 
 class CompletionService:
-    def __init__(self, engine: Engine, model_name: str, truncation: Truncation):
+    def __init__(self, engine: Engine, model_name: str, truncation: Truncation, metrics: Metrics):
         self.engine = engine
+        self.metrics = metrics
         self.model_name = model_name
         self.truncation = truncation
         self._active: set[str] = set()  # engine request ids in flight
@@ -99,6 +102,7 @@ class CompletionService:
             )
 
     def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+        arrival = time.monotonic()
         self.check_model(req.model)
         if req.suffix is not None:
             raise InvalidRequest("suffix is not supported by this model.", param="suffix")
@@ -153,11 +157,11 @@ class CompletionService:
             logprobs=sample_logprobs,
             prompt_logprobs=req.logprobs if req.echo else None,
             skip_special_tokens=req.skip_special_tokens,
-            stream=req.stream,
         )
-        return PreparedCompletion(
+        prep = PreparedCompletion(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
+            arrival=arrival,
             model=self.model_name,
             prompts=prompts,
             options=options,
@@ -166,6 +170,10 @@ class CompletionService:
             logprobs=req.logprobs,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
         )
+        if prep.dropped_tokens:
+            self.metrics.truncated_requests.inc()
+            self.metrics.truncated_tokens.inc(prep.dropped_tokens)
+        return prep
 
     def _tokenize_prompts(
         self, prompt: str | list[str] | list[int] | list[list[int]]
@@ -241,33 +249,38 @@ class CompletionService:
 
     # -- running ----------------------------------------------------------
 
+    async def _run_prompt(
+        self, prompt: PreparedPrompt, options: SamplingOptions, request_id: str
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """One engine request, tracked for drain and counted once it is accepted."""
+        self._active.add(request_id)
+        try:
+            counted = False
+            async for out in self.engine.generate(prompt.token_ids, options, request_id):
+                if not counted:
+                    self.metrics.prompt_tokens.inc(len(prompt.token_ids))
+                    counted = True
+                yield out
+        finally:
+            self._active.discard(request_id)
+
     async def _outputs(
         self, prep: PreparedCompletion
     ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
         """Engine outputs of every prompt, tagged with the prompt's index, as they come."""
-        engine = self.engine
         if len(prep.prompts) == 1:
-            self._active.add(prep.request_id)
-            try:
-                async for out in engine.generate(
-                    prep.prompts[0].token_ids, prep.options, prep.request_id
-                ):
-                    yield 0, out
-            finally:
-                self._active.discard(prep.request_id)
+            async for out in self._run_prompt(prep.prompts[0], prep.options, prep.request_id):
+                yield 0, out
             return
         queue: asyncio.Queue[tuple[int, RequestOutput] | Exception | None] = asyncio.Queue()
 
         async def pump(i: int, prompt: PreparedPrompt) -> None:
-            request_id = f"{prep.request_id}-{i}"
-            self._active.add(request_id)
             try:
-                async for out in engine.generate(prompt.token_ids, prep.options, request_id):
+                async for out in self._run_prompt(prompt, prep.options, f"{prep.request_id}-{i}"):
                     queue.put_nowait((i, out))
             except Exception as exc:
                 queue.put_nowait(exc)
             finally:
-                self._active.discard(request_id)
                 queue.put_nowait(None)
 
         tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prep.prompts)]
@@ -290,17 +303,21 @@ class CompletionService:
     async def complete(self, prep: PreparedCompletion) -> Completion:
         states: dict[tuple[int, int], _ChoiceState] = {}
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
-        async for i, out in self._outputs(prep):
-            if out.prompt_logprobs is not None:
-                prompt_logprobs[i] = out.prompt_logprobs
-            for o in out.outputs:
-                state = states.get((i, o.index))
-                if state is None:
-                    state = states[(i, o.index)] = self._start_choice(prep, i, prompt_logprobs)
-                self._advance(prep, state, o)
-                state.text.append(o.text)
-                if o.cumulative_logprob is not None:
-                    state.cumulative_logprob = o.cumulative_logprob
+        try:
+            async for i, out in self._outputs(prep):
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[i] = out.prompt_logprobs
+                for o in out.outputs:
+                    state = states.get((i, o.index))
+                    if state is None:
+                        state = states[(i, o.index)] = self._start_choice(prep, i, prompt_logprobs)
+                    self._advance(prep, state, o)
+                    state.text.append(o.text)
+                    if o.cumulative_logprob is not None:
+                        state.cumulative_logprob = o.cumulative_logprob
+        except asyncio.CancelledError:
+            self.metrics.client_aborts.inc()  # the route cancels us when the client leaves
+            raise
         choices: list[CompletionChoice] = []
         completion_tokens = 0
         for i in range(len(prep.prompts)):
@@ -364,47 +381,53 @@ class CompletionService:
             async for item in outputs:
                 yield item
 
-        async for i, out in tagged():
-            if out.prompt_logprobs is not None:
-                prompt_logprobs[i] = out.prompt_logprobs
-            for o in out.outputs:
-                key = (i, o.index)
-                state = states.get(key)
-                before = 0  # where this chunk's logprobs start
-                if state is None:
-                    state = states[key] = self._start_choice(prep, i, prompt_logprobs)
-                elif state.logprobs is not None:
-                    before = len(state.logprobs["tokens"])
-                prefix = "".join(state.text)  # the echoed prompt, first time only
-                state.text.clear()
-                self._advance(prep, state, o)
-                completion_tokens += len(o.token_ids)
-                text = prefix + o.text
-                new_logprobs = state.logprobs is not None and len(state.logprobs["tokens"]) > before
-                if not text and o.finish_reason is None and not new_logprobs:
-                    continue  # nothing new to tell (e.g. bytes held back by the detokenizer)
-                logprobs: CompletionLogprobs | None = None
-                if state.logprobs is not None:
-                    lp = state.logprobs
-                    logprobs = {
-                        "tokens": lp["tokens"][before:],
-                        "token_logprobs": lp["token_logprobs"][before:],
-                        "top_logprobs": lp["top_logprobs"][before:],
-                        "text_offset": lp["text_offset"][before:],
-                    }
-                chunk = {
-                    **base,
-                    "choices": [
-                        {
-                            "index": i * prep.n + o.index,
-                            "text": text,
-                            "logprobs": logprobs,
-                            "finish_reason": o.finish_reason,
+        try:
+            async for i, out in tagged():
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[i] = out.prompt_logprobs
+                for o in out.outputs:
+                    key = (i, o.index)
+                    state = states.get(key)
+                    before = 0  # where this chunk's logprobs start
+                    if state is None:
+                        state = states[key] = self._start_choice(prep, i, prompt_logprobs)
+                    elif state.logprobs is not None:
+                        before = len(state.logprobs["tokens"])
+                    prefix = "".join(state.text)  # the echoed prompt, first time only
+                    state.text.clear()
+                    self._advance(prep, state, o)
+                    completion_tokens += len(o.token_ids)
+                    text = prefix + o.text
+                    new_logprobs = (
+                        state.logprobs is not None and len(state.logprobs["tokens"]) > before
+                    )
+                    if not text and o.finish_reason is None and not new_logprobs:
+                        continue  # nothing new to tell (e.g. bytes held back by the detokenizer)
+                    logprobs: CompletionLogprobs | None = None
+                    if state.logprobs is not None:
+                        lp = state.logprobs
+                        logprobs = {
+                            "tokens": lp["tokens"][before:],
+                            "token_logprobs": lp["token_logprobs"][before:],
+                            "top_logprobs": lp["top_logprobs"][before:],
+                            "text_offset": lp["text_offset"][before:],
                         }
-                    ],
-                    **usage_field,
-                }
-                yield json.dumps(chunk, ensure_ascii=False)
+                    chunk = {
+                        **base,
+                        "choices": [
+                            {
+                                "index": i * prep.n + o.index,
+                                "text": text,
+                                "logprobs": logprobs,
+                                "finish_reason": o.finish_reason,
+                            }
+                        ],
+                        **usage_field,
+                    }
+                    yield json.dumps(chunk, ensure_ascii=False)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.metrics.client_aborts.inc()  # the client went away mid-stream
+            raise
         if prep.include_usage:
             yield json.dumps({**base, "choices": [], "usage": self._usage(prep, completion_tokens)})
 
@@ -414,7 +437,7 @@ class CompletionService:
         prompt_index: int,
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]],
     ) -> _ChoiceState:
-        state = _ChoiceState()
+        state = _ChoiceState(timer=RequestTimer(prep.arrival))
         if prep.logprobs is not None:
             state.logprobs = {
                 "tokens": [],
@@ -433,9 +456,18 @@ class CompletionService:
         return state
 
     def _advance(self, prep: PreparedCompletion, state: _ChoiceState, o: CompletionOutput) -> None:
-        state.tokens += len(o.token_ids)
+        n = len(o.token_ids)
+        state.tokens += n
+        metrics = self.metrics
+        if n:
+            metrics.generation_tokens.inc(n)
+            if state.timer is not None:
+                state.timer.tokens_out(metrics, n)
         if o.finish_reason is not None:
             state.finish_reason = o.finish_reason
+            metrics.finished.labels(metrics.model, o.finish_reason).inc()
+            if state.timer is not None:
+                state.timer.finish(metrics)
         if state.logprobs is not None and o.logprobs is not None:
             self._add_logprobs(state, o.token_ids, o.logprobs)
 

@@ -57,8 +57,8 @@ class Tokenizer(Protocol):
 class SamplingOptions:
     """Sampling for one prompt; field names are vLLM's SamplingParams names.
 
-    None means "the engine's default". `stream` picks delta outputs (one per
-    step) over a single final output.
+    None means "the engine's default". Outputs always arrive as deltas, one
+    per engine step, streaming or not (so every request is timed per token).
     """
 
     max_tokens: int
@@ -79,7 +79,6 @@ class SamplingOptions:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
-    stream: bool = False
 
 
 class Engine(Protocol):

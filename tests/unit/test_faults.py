@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
@@ -26,7 +27,7 @@ def anyio_backend() -> str:
 
 async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
     settings = Settings(served_model_name="fake", warmup="none")
-    app = create_app(settings, engine=engine)  # type: ignore[arg-type]
+    app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
@@ -85,7 +86,9 @@ async def test_watchdog_fails_the_gateway_when_the_engine_dies() -> None:
     settings = Settings(
         served_model_name="fake", warmup="none", watchdog_interval=0.01, exit_grace=0.1
     )
-    app = create_app(settings, engine=engine, on_exit=lambda: exits.append(1))  # type: ignore[arg-type]
+    app = create_app(
+        settings, engine=engine, on_exit=lambda: exits.append(1), registry=CollectorRegistry()
+    )  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:

@@ -1,0 +1,217 @@
+"""Prometheus collectors for the gateway, on an injected registry.
+
+In production the registry is prometheus_client's default one, which also
+holds vLLM's own `vllm:*` metrics, so `/metrics` exposes both. Tests pass a
+fresh registry. Label sets are fixed and small: `model`, plus `endpoint`,
+`status`, `finish_reason`, `reason` and `phase` from closed sets.
+
+Per-request latencies are measured at the gateway (what a client sees, our
+own overhead included); per-step batch figures come from vLLM's stat logger
+(see `EngineStep`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets span the CPU fixture (sub-ms to ms steps) and Ascend (the seed's
+# TPOT is ~26 ms at batch 1; TTFT for a 2048-token prefill is ~100s of ms).
+TOKEN_LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03,
+    0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+)  # fmt: skip
+FIRST_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
+    0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.5, 5.0,
+    7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+
+ENDPOINTS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, model: str):
+        self.registry = registry
+        self.model = model
+        m = ["model"]
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, m, registry=registry, buckets=buckets)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, [*m, *labels], registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, [*m, *labels], registry=registry)
+
+        self.ttft = hist(
+            "gateway_time_to_first_token_seconds",
+            "Seconds from request arrival to the first output token, per request.",
+            FIRST_TOKEN_BUCKETS,
+        ).labels(model)
+        self.tpot = hist(
+            "gateway_time_per_output_token_seconds",
+            "Per request: (e2e latency - TTFT) / (output tokens - 1); requests with >= 2 tokens.",
+            TOKEN_LATENCY_BUCKETS,
+        ).labels(model)
+        self.itl = hist(
+            "gateway_inter_token_latency_seconds",
+            "Seconds between consecutive output tokens of a request (k tokens in a step: k gaps).",
+            TOKEN_LATENCY_BUCKETS,
+        ).labels(model)
+        self.e2e = hist(
+            "gateway_e2e_request_latency_seconds",
+            "Seconds from request arrival to its last output token.",
+            REQUEST_BUCKETS,
+        ).labels(model)
+        self.queue = hist(
+            "gateway_request_queue_seconds",
+            "Seconds a request waited in the engine's queue before it was first scheduled.",
+            FIRST_TOKEN_BUCKETS,
+        ).labels(model)
+        self.batch_size = hist(
+            "gateway_batch_size",
+            "Running sequences per engine step.",
+            BATCH_BUCKETS,
+        ).labels(model)
+
+        self.batch_occupancy = gauge(
+            "gateway_batch_occupancy_ratio",
+            "Running sequences / max_num_seqs, at the last engine step.",
+        ).labels(model)
+        self.token_occupancy = gauge(
+            "gateway_batch_token_occupancy_ratio",
+            "Tokens scheduled in the last engine step / max_num_batched_tokens.",
+        ).labels(model)
+        self.running = gauge(
+            "gateway_requests_running", "Requests running in the engine (last step)."
+        ).labels(model)
+        self.waiting = gauge(
+            "gateway_requests_waiting", "Requests waiting in the engine's queue (last step)."
+        ).labels(model)
+        self.kv_cache = gauge(
+            "gateway_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0-1)."
+        ).labels(model)
+
+        self.requests = counter(
+            "gateway_requests_total",
+            "HTTP requests answered, by endpoint and status code (499: client went away).",
+            ("endpoint", "status"),
+        )
+        self.finished = counter(
+            "gateway_request_finished_total",
+            "Completion choices finished, by finish reason (stop, length, abort).",
+            ("finish_reason",),
+        )
+        self.prompt_tokens = counter(
+            "gateway_prompt_tokens_total", "Prompt tokens sent to the engine (after truncation)."
+        ).labels(model)
+        self.generation_tokens = counter(
+            "gateway_generation_tokens_total", "Output tokens generated."
+        ).labels(model)
+        self.truncated_requests = counter(
+            "gateway_truncated_requests_total", "Requests whose prompt was truncated."
+        ).labels(model)
+        self.truncated_tokens = counter(
+            "gateway_truncated_tokens_total", "Prompt tokens dropped by truncation."
+        ).labels(model)
+        self.rejected = counter(
+            "gateway_rejected_requests_total",
+            "Requests refused before reaching the engine, by reason.",
+            ("reason",),
+        )
+        self.client_aborts = counter(
+            "gateway_client_aborts_total", "Requests abandoned by their client before the end."
+        ).labels(model)
+
+        self.phase = gauge("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
+        self.phase_duration = gauge(
+            "gateway_phase_duration_seconds",
+            "Seconds spent in each finished lifecycle phase (latest occurrence).",
+            ("phase",),
+        )
+        self.ready = gauge("gateway_ready", "1 when serving requests, else 0.").labels(model)
+
+    def request_answered(self, path: str, status: int) -> None:
+        endpoint = path if path in ENDPOINTS else "other"
+        if path.startswith("/v1/models/"):
+            endpoint = "/v1/models"
+        self.requests.labels(self.model, endpoint, str(status)).inc()
+
+    def phase_changed(self, old: str, new: str, seconds: float) -> None:
+        self.phase.labels(self.model, old).set(0)
+        self.phase.labels(self.model, new).set(1)
+        if old != new:
+            self.phase_duration.labels(self.model, old).set(seconds)
+        self.ready.set(1 if new == "ready" else 0)
+
+    def engine_step(self, step: EngineStep) -> None:
+        """Called once per engine step (on the event loop): keep it cheap."""
+        self.running.set(step.running)
+        self.waiting.set(step.waiting)
+        self.kv_cache.set(step.kv_cache_usage)
+        if step.max_num_seqs:
+            self.batch_occupancy.set(step.running / step.max_num_seqs)
+        if step.max_num_batched_tokens:
+            self.token_occupancy.set(step.scheduled_tokens / step.max_num_batched_tokens)
+        if step.running:
+            self.batch_size.observe(step.running)
+        for seconds in step.queue_times:
+            self.queue.observe(seconds)
+
+
+@dataclass(slots=True)
+class EngineStep:
+    """What one engine step reports, in plain numbers (no vllm types)."""
+
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    scheduled_tokens: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    queue_times: list[float] = field(default_factory=list)
+
+
+class RequestTimer:
+    """Latency bookkeeping for one completion choice, fed as outputs arrive."""
+
+    __slots__ = ("arrival", "first", "last", "tokens")
+
+    def __init__(self, arrival: float):
+        self.arrival = arrival
+        self.first = 0.0
+        self.last = 0.0
+        self.tokens = 0
+
+    def tokens_out(self, metrics: Metrics, n: int) -> None:
+        if n <= 0:
+            return
+        now = time.monotonic()
+        if self.tokens == 0:
+            self.first = now
+            metrics.ttft.observe(now - self.arrival)
+            n -= 1
+            self.tokens = 1
+        if n > 0:
+            # A step that delivers several tokens at once spreads its gap over them.
+            gap = (now - self.last) / n
+            for _ in range(n):
+                metrics.itl.observe(gap)
+            self.tokens += n
+        self.last = now
+
+    def finish(self, metrics: Metrics) -> None:
+        if self.tokens == 0:
+            return
+        e2e = self.last - self.arrival
+        metrics.e2e.observe(e2e)
+        if self.tokens > 1:
+            metrics.tpot.observe((e2e - (self.first - self.arrival)) / (self.tokens - 1))
