@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line.")
 
+    # Access.
+    api_keys: list[str] = Field(
+        default_factory=list, description='Accepted Bearer keys (JSON list, e.g. ["k1","k2"]).'
+    )
+    api_key_file: Path | None = Field(
+        None, description="File with one API key per line (a mounted Kubernetes Secret)."
+    )
+    metrics_auth: bool = Field(False, description="Require an API key for /metrics too.")
+
     # Lifecycle.
     warmup: Literal["none", "minimal", "full"] = Field(
         "full",

@@ -79,6 +79,16 @@ class MethodNotAllowed(GatewayError):
     type = "invalid_request_error"
 
 
+class AuthenticationFailed(GatewayError):
+    status = HTTPStatus.UNAUTHORIZED
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    reason = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 class Unavailable(GatewayError):
     """The gateway cannot take work now (starting, draining, engine gone)."""
 

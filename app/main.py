@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
+from app.auth import ApiKeyAuth, load_keys
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.errors import install_error_handlers
@@ -66,6 +67,12 @@ def create_app(
     install_error_handlers(app, metrics)
     for module in (completions, models, tokenize, health, metrics_routes):
         app.include_router(module.router)
+    digests = load_keys(settings.api_keys, settings.api_key_file)
+    if digests:
+        app.add_middleware(
+            ApiKeyAuth, digests=digests, protect_metrics=settings.metrics_auth, metrics=metrics
+        )
+    # Added last, so outermost: request ids and status counts cover 401s too.
     app.add_middleware(RequestContext, supervisor=supervisor)
     return app
 

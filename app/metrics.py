@@ -34,7 +34,13 @@ REQUEST_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
 ENDPOINTS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize")
-REJECT_REASONS = ("invalid_request", "context_length", "model_not_found", "unavailable")
+REJECT_REASONS = (
+    "invalid_request",
+    "context_length",
+    "model_not_found",
+    "unavailable",
+    "unauthorized",
+)
 FINISH_REASONS = ("stop", "length", "abort")
 
 

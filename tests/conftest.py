@@ -103,6 +103,34 @@ def gateway(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stop_gateway(gw)
 
 
+API_KEY = "sk-test-Key-1"
+
+
+@pytest.fixture(scope="session")
+def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A second gateway: GATEWAY_TRUNCATION=error, API keys from a file."""
+    tmp = tmp_path_factory.mktemp("secured")
+    keys = tmp / "api-keys"
+    keys.write_text(f"# one key per line\n{API_KEY}\nsk-other-key\n")
+    gw = start_gateway(
+        model_dir,
+        tmp / "gateway.log",
+        "--warmup",
+        "minimal",
+        env={"GATEWAY_TRUNCATION": "error", "GATEWAY_API_KEY_FILE": str(keys)},
+    )
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def strict(secured: Gateway) -> Iterator[httpx.Client]:
+    """An authorised HTTP client of the secured (truncation=error) gateway."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=secured.url, timeout=120, headers=headers) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=0)

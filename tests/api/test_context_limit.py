@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_NAME, Gateway, start_gateway, stop_gateway
+from tests.conftest import MODEL_NAME
 
 LIMIT = 2048
 HEADER = "x-truncated-prompt-tokens"
@@ -24,16 +21,6 @@ def ids(n: int) -> list[int]:
 def complete(http: httpx.Client, **body: object) -> httpx.Response:
     body.setdefault("temperature", 0)
     return http.post("/v1/completions", json=body)
-
-
-@pytest.fixture(scope="module")
-def strict(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """A second gateway with GATEWAY_TRUNCATION=error."""
-    log = tmp_path_factory.mktemp("strict") / "gateway.log"
-    gw: Gateway = start_gateway(model_dir, log, env={"GATEWAY_TRUNCATION": "error"})
-    with httpx.Client(base_url=gw.url, timeout=120) as c:
-        yield c
-    stop_gateway(gw)
 
 
 def test_prompt_that_exactly_fits_is_untouched(http: httpx.Client) -> None:
