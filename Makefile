@@ -10,7 +10,7 @@ PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint format fixture clean
+.PHONY: setup serve test lint format fixture clean bench bench-seed
 
 setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM)
 
@@ -43,14 +43,23 @@ serve: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The gateway vs vLLM's OpenAI server vs in-process AsyncLLM (see bench/README.md).
+bench: setup
+	$(PY) -m bench.run
+
+# The seed model card's tables against any running gateway.
+URL ?= http://127.0.0.1:8000
+bench-seed: $(STAMP)
+	$(PY) -m bench.seed $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY))
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check app tests scripts
-	$(VENV)/bin/ruff format --check app tests scripts
+	$(VENV)/bin/ruff check app tests scripts bench
+	$(VENV)/bin/ruff format --check app tests scripts bench
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix app tests scripts
-	$(VENV)/bin/ruff format app tests scripts
+	$(VENV)/bin/ruff check --fix app tests scripts bench
+	$(VENV)/bin/ruff format app tests scripts bench
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

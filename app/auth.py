@@ -28,9 +28,7 @@ def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
 
 
 class ApiKeyAuth:
-    def __init__(
-        self, app: ASGIApp, digests: list[bytes], protect_metrics: bool, metrics: Metrics
-    ):
+    def __init__(self, app: ASGIApp, digests: list[bytes], protect_metrics: bool, metrics: Metrics):
         self.app = app
         self.digests = digests
         self.metrics = metrics

@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against vLLM's own OpenAI server and the in-process ceiling."""
