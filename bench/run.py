@@ -76,10 +76,6 @@ def main() -> None:
     a = p.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="bench-"))
-    servers = [
-        gateway(MODEL, logs / "gateway.log", NAME),
-        vllm_server(MODEL, logs / "vllm.log", NAME),
-    ]
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "engine_args": engine_kwargs(MODEL),
@@ -90,15 +86,18 @@ def main() -> None:
             "ignore_eos": True,
             "prompts": {c: prompts_for(c) for c in a.concurrency},
         },
-        "results": {},
+        "startup_seconds": {},
+        "rss_mb": {},
     }
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {s.name: {} for s in servers}
-    try:
-        for s in servers:  # one at a time: two engine builds at once would skew both
-            report.setdefault("startup_seconds", {})[s.name] = round(s.wait_ready(), 1)
-        for c in a.concurrency:
-            for _ in range(a.rounds):
-                for s in servers:
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"gateway": {}, "vllm-server": {}}
+    # One server alive at a time (an idle vLLM engine still spins a core), and
+    # alternated A B A B; each serves every concurrency level per turn.
+    for turn in range(a.rounds):
+        for start in (gateway, vllm_server):
+            s = start(MODEL, logs / f"{start.__name__}-{turn}.log", NAME)
+            try:
+                report["startup_seconds"].setdefault(s.name, []).append(round(s.wait_ready(), 1))
+                for c in a.concurrency:
                     r = run_serve_benchmark(s.url, NAME, MODEL, c, prompts_for(c))
                     runs[s.name].setdefault(c, []).append(r)
                     print(
@@ -106,10 +105,9 @@ def main() -> None:
                         f"ttft {r['median_ttft_ms']:.1f} ms tpot {r['median_tpot_ms']:.2f} ms",
                         flush=True,
                     )
-        report["rss_mb"] = {s.name: round(rss_mb(s), 1) for s in servers}
-    finally:
-        for s in servers:
-            s.stop()
+                report["rss_mb"].setdefault(s.name, []).append(round(rss_mb(s), 1))
+            finally:
+                s.stop()
     runs["in-process"] = inprocess(a.concurrency, a.rounds)
     for c in a.concurrency:
         for name in runs:
