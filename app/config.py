@@ -74,6 +74,22 @@ class Settings(BaseSettings):
     )
     metrics_auth: bool = Field(False, description="Require an API key for /metrics too.")
 
+    # Limits and admission.
+    max_inflight: int = Field(256, ge=1, description="Requests in the engine at once.")
+    max_queue: int = Field(
+        512, ge=0, description="Requests waiting for an in-flight place; beyond: 503."
+    )
+    max_queued_tokens: int = Field(
+        1_048_576, ge=0, description="Prompt tokens waiting for a place; beyond: 503."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Request body limit (413).")
+    max_prompts: int = Field(64, ge=1, description="Prompts in one request (a list).")
+    max_stop: int = Field(8, ge=0, description="Stop sequences per request.")
+    max_stop_length: int = Field(256, ge=1, description="Characters per stop sequence.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="CORS origins allowed (JSON list); none = CORS off."
+    )
+
     # Lifecycle.
     warmup: Literal["none", "minimal", "full"] = Field(
         "full",

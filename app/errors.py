@@ -101,6 +101,21 @@ class Unavailable(GatewayError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class Overloaded(Unavailable):
+    """Admission control: both the in-flight and the queue bounds are full."""
+
+    type = "overloaded_error"
+    code = "overloaded"
+    reason = "overloaded"
+    retry_after = 1
+
+
+class PayloadTooLarge(GatewayError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    type = "invalid_request_error"
+    reason = "too_large"
+
+
 class EngineFailure(GatewayError):
     """The engine failed this request (it may still serve others)."""
 

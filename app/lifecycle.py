@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.admission import Admission
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.metrics import Metrics
@@ -142,9 +143,12 @@ class Supervisor:
         try:
             lc.enter(Phase.LOADING)
             engine = self.engine = await self._build()
-            service = CompletionService(
-                engine, self.settings.model_name, self.settings.truncation, self.metrics
+            admission = Admission(
+                self.settings.max_inflight,
+                self.settings.max_queue,
+                self.settings.max_queued_tokens,
             )
+            service = CompletionService(engine, self.settings, self.metrics, admission)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
             self.service = service

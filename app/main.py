@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
@@ -18,9 +19,10 @@ from app.engine.protocol import Engine
 from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
-from app.middleware import RequestContext
+from app.middleware import BodyLimit, RequestContext
 from app.routes import completions, health, models, tokenize
 from app.routes import metrics as metrics_routes
+from app.service import TRUNCATED_HEADER
 
 
 def create_app(
@@ -67,10 +69,21 @@ def create_app(
     install_error_handlers(app, metrics)
     for module in (completions, models, tokenize, health, metrics_routes):
         app.include_router(module.router)
+    # Innermost first: body limit, then API keys, then CORS (a preflight
+    # carries no key), then request ids and counts around everything.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     digests = load_keys(settings.api_keys, settings.api_key_file)
     if digests:
         app.add_middleware(
             ApiKeyAuth, digests=digests, protect_metrics=settings.metrics_auth, metrics=metrics
+        )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", TRUNCATED_HEADER],
         )
     # Added last, so outermost: request ids and status counts cover 401s too.
     app.add_middleware(RequestContext, supervisor=supervisor)

@@ -40,6 +40,8 @@ REJECT_REASONS = (
     "model_not_found",
     "unavailable",
     "unauthorized",
+    "overloaded",
+    "too_large",
 )
 FINISH_REASONS = ("stop", "length", "abort")
 

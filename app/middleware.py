@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLarge, error_response
 from app.lifecycle import Supervisor
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -52,3 +53,52 @@ class RequestContext:
                 self.supervisor.inflight.leave()
             self.supervisor.metrics.request_answered(path, status)
             request_id_var.reset(token)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with an OpenAI-style 413, whether
+    the client declares the size (Content-Length) or sends it chunked."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._error())(scope, receive, send)
+            return
+        if declared is not None:
+            # The HTTP parser holds a body to its declared length.
+            await self.app(scope, receive, send)
+            return
+        # Chunked: read it here (at most the limit) and hand it on whole.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away mid-body
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await error_response(self._error())(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        pending: Message | None = {"type": "http.request", "body": b"".join(chunks)}
+
+        async def replay() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes.")

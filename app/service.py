@@ -11,7 +11,8 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from app.config import Truncation
+from app.admission import Admission
+from app.config import Settings
 from app.engine.protocol import (
     CompletionOutput,
     Engine,
@@ -80,11 +81,13 @@ class _ChoiceState:
 
 
 class CompletionService:
-    def __init__(self, engine: Engine, model_name: str, truncation: Truncation, metrics: Metrics):
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics, admission: Admission):
         self.engine = engine
+        self.settings = settings
         self.metrics = metrics
-        self.model_name = model_name
-        self.truncation = truncation
+        self.admission = admission
+        self.model_name = settings.model_name
+        self.truncation = settings.truncation
         self._active: set[str] = set()  # engine request ids in flight
 
     async def abort_all(self) -> None:
@@ -130,6 +133,25 @@ class CompletionService:
             raise InvalidRequest(
                 "truncate_prompt_tokens must be -1 or at least 1.", param="truncate_prompt_tokens"
             )
+        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        if len(stops) > self.settings.max_stop:
+            raise InvalidRequest(
+                f"At most {self.settings.max_stop} stop sequences are allowed.", param="stop"
+            )
+        if any(len(s) > self.settings.max_stop_length for s in stops):
+            raise InvalidRequest(
+                f"Stop sequences are limited to {self.settings.max_stop_length} characters.",
+                param="stop",
+            )
+        if (
+            isinstance(req.prompt, list)
+            and len(req.prompt) > self.settings.max_prompts
+            and not isinstance(req.prompt[0], int)
+        ):
+            raise InvalidRequest(
+                f"At most {self.settings.max_prompts} prompts are allowed per request.",
+                param="prompt",
+            )
         prompts = [
             self._fit(p, max_tokens, truncate_to) for p in self._tokenize_prompts(req.prompt)
         ]
@@ -146,7 +168,7 @@ class CompletionService:
             top_k=req.top_k,
             min_p=req.min_p,
             seed=req.seed,
-            stop=[req.stop] if isinstance(req.stop, str) else req.stop,
+            stop=stops or None,
             stop_token_ids=req.stop_token_ids,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
@@ -301,6 +323,13 @@ class CompletionService:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def complete(self, prep: PreparedCompletion) -> Completion:
+        await self.admission.acquire(prep.prompt_tokens)
+        try:
+            return await self._complete(prep)
+        finally:
+            self.admission.release()
+
+    async def _complete(self, prep: PreparedCompletion) -> Completion:
         states: dict[tuple[int, int], _ChoiceState] = {}
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
         try:
@@ -348,6 +377,7 @@ class CompletionService:
         """Start the request and wait for its first output, so that errors the
         engine raises on admission still become a proper HTTP status; then
         return the stream of JSON chunks."""
+        await self.admission.acquire(prep.prompt_tokens)
         outputs = self._outputs(prep)
         try:
             first = await anext(outputs)
@@ -355,6 +385,7 @@ class CompletionService:
             first = None
         except BaseException:
             await outputs.aclose()
+            self.admission.release()
             raise
         return self._chunks(prep, first, outputs)
 
@@ -428,6 +459,8 @@ class CompletionService:
         except (asyncio.CancelledError, GeneratorExit):
             self.metrics.client_aborts.inc()  # the client went away mid-stream
             raise
+        finally:
+            self.admission.release()
         if prep.include_usage:
             yield json.dumps({**base, "choices": [], "usage": self._usage(prep, completion_tokens)})
 

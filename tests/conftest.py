@@ -108,7 +108,7 @@ API_KEY = "sk-test-Key-1"
 
 @pytest.fixture(scope="session")
 def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A second gateway: GATEWAY_TRUNCATION=error, API keys from a file."""
+    """A second gateway: truncation=error, API keys from a file, admission 2 + 2, CORS."""
     tmp = tmp_path_factory.mktemp("secured")
     keys = tmp / "api-keys"
     keys.write_text(f"# one key per line\n{API_KEY}\nsk-other-key\n")
@@ -117,7 +117,13 @@ def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tmp / "gateway.log",
         "--warmup",
         "minimal",
-        env={"GATEWAY_TRUNCATION": "error", "GATEWAY_API_KEY_FILE": str(keys)},
+        env={
+            "GATEWAY_TRUNCATION": "error",
+            "GATEWAY_API_KEY_FILE": str(keys),
+            "GATEWAY_MAX_INFLIGHT": "2",
+            "GATEWAY_MAX_QUEUE": "2",
+            "GATEWAY_CORS_ORIGINS": '["https://app.example.com"]',
+        },
     )
     yield gw
     stop_gateway(gw)
