@@ -10,7 +10,7 @@ PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint format fixture clean bench bench-seed
+.PHONY: setup serve test lint format fixture clean bench bench-seed verify
 
 setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM)
 
@@ -51,6 +51,11 @@ bench: setup
 URL ?= http://127.0.0.1:8000
 bench-seed: $(STAMP)
 	$(PY) -m bench.seed $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY))
+
+# The model card's accuracy checks against any running gateway (determinism;
+# with REFERENCE=file, greedy tokens and logprobs against a stored reference).
+verify: $(STAMP)
+	$(PY) -m bench.verify $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY)) $(if $(REFERENCE),--reference $(REFERENCE))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests scripts bench

@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
 from app.middleware import BodyLimit, RequestContext
-from app.routes import completions, health, models, tokenize
+from app.routes import completions, health, info, models, tokenize
 from app.routes import metrics as metrics_routes
 from app.service import TRUNCATED_HEADER
 
@@ -67,7 +67,7 @@ def create_app(
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
     app.state.supervisor = supervisor
     install_error_handlers(app, metrics)
-    for module in (completions, models, tokenize, health, metrics_routes):
+    for module in (completions, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
     # Innermost first: body limit, then API keys, then CORS (a preflight
     # carries no key), then request ids and counts around everything.

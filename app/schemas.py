@@ -53,6 +53,7 @@ class CompletionRequest(_Request):
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    return_tokens_as_token_ids: bool = False
 
 
 class TokenizeRequest(_Request):

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.engine.protocol import (
     CompletionOutput,
     Engine,
+    Logprob,
     PositionLogprobs,
     RequestOutput,
     SamplingOptions,
@@ -54,6 +55,7 @@ class PreparedCompletion:
     echo: bool
     logprobs: int | None  # top-k the client asked for, None for no logprobs
     include_usage: bool
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: "token_id:<id>"
 
     @property
     def dropped_tokens(self) -> int:
@@ -191,6 +193,7 @@ class CompletionService:
             echo=req.echo,
             logprobs=req.logprobs,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            tokens_as_ids=req.return_tokens_as_token_ids,
         )
         if prep.dropped_tokens:
             self.metrics.truncated_requests.inc()
@@ -485,7 +488,9 @@ class CompletionService:
                 text = self.engine.tokenizer.decode(prompt.token_ids, skip_special_tokens=True)
             state.text.append(text)
             if state.logprobs is not None:
-                self._add_logprobs(state, prompt.token_ids, prompt_logprobs.get(prompt_index))
+                self._add_logprobs(
+                    state, prompt.token_ids, prompt_logprobs.get(prompt_index), prep.tokens_as_ids
+                )
         return state
 
     def _advance(self, prep: PreparedCompletion, state: _ChoiceState, o: CompletionOutput) -> None:
@@ -502,36 +507,34 @@ class CompletionService:
             if state.timer is not None:
                 state.timer.finish(metrics)
         if state.logprobs is not None and o.logprobs is not None:
-            self._add_logprobs(state, o.token_ids, o.logprobs)
+            self._add_logprobs(state, o.token_ids, o.logprobs, prep.tokens_as_ids)
+
+    def _token_name(self, as_ids: bool, token_id: int, entry: Logprob | None) -> str:
+        if as_ids:
+            return f"token_id:{token_id}"
+        if entry is not None and entry.decoded_token is not None:
+            return entry.decoded_token
+        return self.engine.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _add_logprobs(
         self,
         state: _ChoiceState,
         token_ids: Sequence[int],
         positions: Sequence[PositionLogprobs | None] | None,
+        as_ids: bool,
     ) -> None:
         lp = state.logprobs
         assert lp is not None
-        decode = self.engine.tokenizer.decode
         for pos, token_id in enumerate(token_ids):
             step = positions[pos] if positions is not None and pos < len(positions) else None
             chosen = step.get(token_id) if step is not None else None
-            token = chosen.decoded_token if chosen is not None else None
-            if token is None:
-                token = decode([token_id], skip_special_tokens=False)
+            token = self._token_name(as_ids, token_id, chosen)
             lp["tokens"].append(token)
             lp["token_logprobs"].append(chosen.logprob if chosen is not None else None)
             lp["top_logprobs"].append(
                 None
                 if step is None
-                else {
-                    (
-                        e.decoded_token
-                        if e.decoded_token is not None
-                        else decode([t], skip_special_tokens=False)
-                    ): e.logprob
-                    for t, e in step.items()
-                }
+                else {self._token_name(as_ids, t, e): e.logprob for t, e in step.items()}
             )
             lp["text_offset"].append(state.offset)
             state.offset += len(token)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Logprob(Protocol):
@@ -104,5 +104,9 @@ class Engine(Protocol):
         ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    def info(self) -> dict[str, Any]:
+        """Device, effective engine arguments and package versions, for /v1/gateway/info."""
+        ...
 
     def shutdown(self) -> None: ...

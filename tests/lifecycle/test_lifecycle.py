@@ -202,3 +202,26 @@ def test_bad_model_path_fails_with_a_reason(tmp_path: Path) -> None:
     finally:
         if gw.proc.poll() is None:
             gw.proc.kill()
+
+
+def test_npu_without_torch_npu_fails_preflight_with_advice(model_dir: Path, tmp_path: Path) -> None:
+    gw = spawn_gateway(model_dir, tmp_path / "gw.log", "--device", "npu", "--exit-grace", "5")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                r = httpx.get(f"{gw.url}/health/live", timeout=2)
+                if r.status_code == 503:
+                    break
+            except httpx.TransportError:
+                pass
+            assert gw.proc.poll() is None, gw.logs()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        error = r.json()["error"]
+        assert "PreflightError" in error and "torch_npu cannot be imported" in error
+        assert "GATEWAY_DEVICE=cpu" in error
+        assert wait_exit(gw, 30) != 0
+    finally:
+        if gw.proc.poll() is None:
+            gw.proc.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.engine.protocol import SamplingOptions
 
@@ -65,6 +66,9 @@ class FakeEngine:
 
     async def abort(self, request_id: str) -> None:
         self.cancelled.append(request_id)
+
+    def info(self) -> dict[str, Any]:
+        return {"device": "fake", "engine_args": {}, "versions": {}}
 
     def shutdown(self) -> None:
         pass
