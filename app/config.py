@@ -41,6 +41,13 @@ DEVICE_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Environment defaults the vllm-ascend docs use throughout; set only if unset.
+NPU_ENV_DEFAULTS = {
+    "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
+    "TASK_QUEUE_ENABLE": "1",
+}
+
+
 class Settings(BaseSettings):
     """Every field is `GATEWAY_<NAME>` in the environment and `--<name>` on the CLI."""
 
