@@ -22,9 +22,9 @@ entry points: nothing here is NPU-specific except device detection.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import importlib.util
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from pathlib import Path
