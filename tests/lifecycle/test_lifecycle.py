@@ -49,6 +49,21 @@ def wait_exit(gw: Gateway, timeout: float = 90) -> int:
     return gw.proc.wait(timeout=timeout)
 
 
+def wait_failed(gw: Gateway, within: float) -> dict:  # type: ignore[type-arg]
+    """Poll /health/live until it reports failure (503); return its JSON."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            r = httpx.get(f"{gw.url}/health/live", timeout=2)
+            if r.status_code == 503:
+                return r.json()  # type: ignore[no-any-return]
+        except httpx.TransportError:
+            pass
+        assert gw.proc.poll() is None, gw.logs()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def assert_no_orphans(procs: list[psutil.Process]) -> None:
     deadline = time.monotonic() + 10
     alive = procs
@@ -182,18 +197,7 @@ def test_engine_death_ends_streams_and_exits_non_zero(model_dir: Path, tmp_path:
 def test_bad_model_path_fails_with_a_reason(tmp_path: Path) -> None:
     gw = spawn_gateway(tmp_path / "no-such-model", tmp_path / "gw.log", "--exit-grace", "5")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"{gw.url}/health/live", timeout=2)
-                if r.status_code == 503:
-                    break
-            except httpx.TransportError:
-                pass
-            assert gw.proc.poll() is None, gw.logs()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        snap = r.json()
+        snap = wait_failed(gw, 60)
         assert snap["phase"] == "failed"
         assert "no-such-model" in snap["error"] and "GATEWAY_MODEL" in snap["error"]
         assert "Traceback" not in snap["error"]
@@ -207,18 +211,7 @@ def test_bad_model_path_fails_with_a_reason(tmp_path: Path) -> None:
 def test_npu_without_torch_npu_fails_preflight_with_advice(model_dir: Path, tmp_path: Path) -> None:
     gw = spawn_gateway(model_dir, tmp_path / "gw.log", "--device", "npu", "--exit-grace", "5")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                r = httpx.get(f"{gw.url}/health/live", timeout=2)
-                if r.status_code == 503:
-                    break
-            except httpx.TransportError:
-                pass
-            assert gw.proc.poll() is None, gw.logs()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        error = r.json()["error"]
+        error = wait_failed(gw, 120)["error"]
         assert "PreflightError" in error and "torch_npu cannot be imported" in error
         assert "GATEWAY_DEVICE=cpu" in error
         assert wait_exit(gw, 30) != 0
