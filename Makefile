@@ -10,7 +10,7 @@ PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint format fixture clean bench bench-seed verify
+.PHONY: setup serve test lint format fixture clean bench bench-seed verify test-compat
 
 setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM)
 
@@ -56,6 +56,17 @@ bench-seed: $(STAMP)
 # with REFERENCE=file, greedy tokens and logprobs against a stored reference).
 verify: $(STAMP)
 	$(PY) -m bench.verify $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY)) $(if $(REFERENCE),--reference $(REFERENCE))
+
+# The engine-facing tests against vLLM 0.18.0 (the seed's Ascend stack's
+# vLLM) on the CPU, in a second venv (~8 GB, ~3 min to build once).
+COMPAT := .venv-compat
+COMPAT_TESTS ?= tests/api/test_completions.py tests/api/test_disconnect.py \
+	tests/api/test_metrics.py tests/api/test_models_tokenize.py tests/lifecycle \
+	"tests/api/test_verify_and_info.py::test_gateway_info_shows_the_effective_engine"
+test-compat: $(FIXTURE) $(PROMTOOL)
+	scripts/setup_compat.sh $(COMPAT)
+	EXPECT_VLLM_VERSION=0.18.0 LD_PRELOAD="$$(ldconfig -p | awk '/libtcmalloc_minimal.so.4 /{print $$NF; exit}'):$(CURDIR)/$(COMPAT)/lib/libiomp5.so" \
+		$(COMPAT)/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests scripts bench
