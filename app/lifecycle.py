@@ -169,6 +169,13 @@ class Supervisor:
 
     # -- request admission -------------------------------------------------
 
+    def status(self) -> dict[str, Any]:
+        """The health JSON: phase and timings, and graph capture once the engine exists."""
+        snapshot = self.lifecycle.snapshot()
+        if self.engine is not None:
+            snapshot["graph"] = self.engine.info().get("graph")
+        return snapshot
+
     def serving(self) -> CompletionService | None:
         """The service when requests may be admitted, else None."""
         if self.lifecycle.phase is Phase.READY:

@@ -4,8 +4,10 @@ On Ascend the first steps at each batch size and the first long prefill are
 slow (graph replay set-up, kernel selection, allocator growth); running them
 before `ready` keeps that cost off the first users.
 - minimal: one request at batch 1.
-- full: batch 1, a full `max_num_seqs` batch of decodes, and one prefill of
-  `max_model_len - 1` tokens.
+- full: batch 1, a decode batch of every captured graph size up to
+  `max_num_seqs` (on Ascend: the ACL graph capture sizes; eager engines have
+  none) and of `max_num_seqs` itself, and one prefill of `max_model_len - 1`
+  tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def _prompt(engine: Engine, seed: int, length: int) -> list[int]:
     return bos + body
 
 
+def batch_sizes(engine: Engine) -> list[int]:
+    """Decode batch sizes to exercise: every captured graph size the engine can
+    fill (up to max_num_seqs), and max_num_seqs itself; 1 runs separately."""
+    captured = engine.info().get("graph", {}).get("capture_sizes") or []
+    top = engine.max_num_seqs
+    return sorted({s for s in captured if 1 < s <= top} | {top} - {1})
+
+
 async def warm_up(engine: Engine, level: str) -> None:
     if level == "none":
         return
@@ -47,7 +57,7 @@ async def warm_up(engine: Engine, level: str) -> None:
 
     await step("batch1", (_prompt(engine, 0, 16), 8))
     if level == "full":
-        batch = engine.max_num_seqs
-        await step(f"batch{batch}", *((_prompt(engine, i + 1, 16), 4) for i in range(batch)))
+        for batch in batch_sizes(engine):
+            await step(f"batch{batch}", *((_prompt(engine, i + 1, 16), 4) for i in range(batch)))
         await step("long-prefill", (_prompt(engine, 0, engine.max_model_len - 1), 1))
     logger.info("warmup (%s): %s", level, ", ".join(f"{n} {s:.2f}s" for n, s in steps))

@@ -94,6 +94,7 @@ class VllmEngine:
         self._llm = llm
         self._device = device
         self._engine_args = engine_args or {}
+        self._versions = package_versions()
         tokenizer = getattr(llm, "tokenizer", None) or llm.get_tokenizer()
         self._tokenizer = cast(Tokenizer, tokenizer)
         model_config = llm.model_config
@@ -161,7 +162,7 @@ class VllmEngine:
                 "cudagraph_mode": str(getattr(compilation, "cudagraph_mode", None)),
                 "capture_sizes": list(getattr(compilation, "cudagraph_capture_sizes", None) or []),
             },
-            "versions": package_versions(),
+            "versions": self._versions,
         }
 
     def shutdown(self) -> None:

@@ -18,7 +18,7 @@ router = APIRouter()
 
 
 def _answer(supervisor: Supervisor, ok: bool) -> Response:
-    return json_response(supervisor.lifecycle.snapshot(), status_code=200 if ok else 503)
+    return json_response(supervisor.status(), status_code=200 if ok else 503)
 
 
 @router.get("/health/live", response_model=None)

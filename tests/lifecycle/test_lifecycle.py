@@ -100,6 +100,7 @@ def test_answers_while_loading_then_drains_on_sigterm(model_dir: Path, tmp_path:
         assert snap["phase"] == "ready" and snap["error"] is None
         assert set(snap["phase_durations"]) == {"starting", "loading", "warming"}
         assert snap["phase_durations"]["loading"] > 0
+        assert snap["graph"]["capture_sizes"] == []  # eager on the CPU: nothing captured
         assert httpx.get(f"{gw.url}/health/startup").status_code == 200
         children = engine_processes(gw)
         assert any("EngineCore" in p.name() for p in children)

@@ -53,6 +53,7 @@ class FakeEngine:
     tokenizer: CharTokenizer = field(default_factory=CharTokenizer)
     errored: bool = False
     cancelled: list[str] = field(default_factory=list)
+    capture_sizes: list[int] = field(default_factory=list)
 
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
@@ -68,7 +69,8 @@ class FakeEngine:
         self.cancelled.append(request_id)
 
     def info(self) -> dict[str, Any]:
-        return {"device": "fake", "engine_args": {}, "versions": {}}
+        graph = {"cudagraph_mode": "PIECEWISE", "capture_sizes": self.capture_sizes}
+        return {"device": "fake", "engine_args": {}, "versions": {}, "graph": graph}
 
     def shutdown(self) -> None:
         pass

@@ -1,0 +1,44 @@
+"""Warmup covers the captured graph sizes the engine can fill."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.engine.protocol import SamplingOptions
+from app.warmup import batch_sizes, warm_up
+from tests.unit.fake_engine import FakeEngine, Out, ReqOut
+
+
+async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+    yield ReqOut([Out(0, "x", [5], finish_reason="length")], finished=True)
+
+
+def test_batch_sizes_are_the_captured_sizes_up_to_max_num_seqs() -> None:
+    engine = FakeEngine(
+        one_token, max_num_seqs=48, capture_sizes=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    )
+    assert batch_sizes(engine) == [2, 4, 8, 16, 32, 48]  # type: ignore[arg-type]
+    assert batch_sizes(FakeEngine(one_token, max_num_seqs=8)) == [8]  # type: ignore[arg-type]
+    assert batch_sizes(FakeEngine(one_token, max_num_seqs=1)) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_full_warmup_runs_every_size_and_a_long_prefill(anyio_backend: str) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def record(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        seen.append((len(ids), options.max_tokens))
+        yield ReqOut([Out(0, "x", [5], finish_reason="length")], finished=True)
+
+    engine = FakeEngine(record, max_num_seqs=8, capture_sizes=[1, 2, 4, 8, 16])
+    await warm_up(engine, "full")  # type: ignore[arg-type]
+    decodes = [n for n, t in seen if t == 4]
+    assert len(decodes) == 2 + 4 + 8  # batches of 2, 4 and 8
+    assert (engine.max_model_len - 1, 1) in seen  # the long prefill
+    assert all(0 < n <= engine.max_model_len for n, _ in seen)
+    seen.clear()
+    await warm_up(engine, "none")  # type: ignore[arg-type]
+    assert seen == []
