@@ -78,3 +78,43 @@ def test_auto_device_is_cpu_without_torch_npu() -> None:
 
     assert resolve_device("auto") == "cpu"
     assert resolve_device("npu") == "npu"
+
+
+def test_profiles_yield_exactly_the_expected_engine_arguments() -> None:
+    s = Settings(model="/models/MobileLLaMA-1.4B-Base")
+    assert s.engine_kwargs("npu") == {
+        "model": "/models/MobileLLaMA-1.4B-Base",
+        "served_model_name": "MobileLLaMA-1.4B-Base",
+        "dtype": "float16",
+        "gpu_memory_utilization": 0.9,
+        "enforce_eager": False,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 8192,
+        "compilation_config": {"cudagraph_mode": "PIECEWISE"},
+    }
+    assert s.engine_kwargs("cpu") == {
+        "model": "/models/MobileLLaMA-1.4B-Base",
+        "served_model_name": "MobileLLaMA-1.4B-Base",
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.1,
+        "enforce_eager": True,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": True,
+        "max_num_seqs": 64,
+    }
+
+
+def test_graph_mode_is_overridable_through_engine_args() -> None:
+    s = Settings(
+        engine_args={
+            "compilation_config": {
+                "cudagraph_mode": "FULL_DECODE_ONLY",
+                "cudagraph_capture_sizes": [1, 2, 4, 8],
+            }
+        },
+        enforce_eager=False,
+    )
+    kwargs = s.engine_kwargs("npu")
+    assert kwargs["compilation_config"]["cudagraph_mode"] == "FULL_DECODE_ONLY"
+    assert kwargs["compilation_config"]["cudagraph_capture_sizes"] == [1, 2, 4, 8]
