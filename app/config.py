@@ -41,10 +41,14 @@ DEVICE_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-# Environment defaults the vllm-ascend docs use throughout; set only if unset.
-NPU_ENV_DEFAULTS = {
-    "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
-    "TASK_QUEUE_ENABLE": "1",
+# Environment defaults per device, set only where unset (the engine-core
+# process inherits them).
+DEVICE_ENV_DEFAULTS: dict[str, dict[str, str]] = {
+    # What the vllm-ascend docs use throughout.
+    "npu": {"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True", "TASK_QUEUE_ENABLE": "1"},
+    # GiB of KV cache: vLLM 0.18's CPU backend ignores gpu_memory_utilization
+    # and otherwise takes ~12 GiB per engine (two engines exhausted 24 GiB).
+    "cpu": {"VLLM_CPU_KVCACHE_SPACE": "1"},
 }
 
 

@@ -37,7 +37,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from app.config import NPU_ENV_DEFAULTS, Settings
+from app.config import DEVICE_ENV_DEFAULTS, Settings
 from app.engine.preflight import check_npu
 from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
@@ -238,8 +238,8 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep], None]) -> V
     kwargs = settings.engine_kwargs(device)
     if device == "npu":
         check_npu(Path(settings.model), int(kwargs.get("tensor_parallel_size", 1)))
-        for name, value in NPU_ENV_DEFAULTS.items():
-            os.environ.setdefault(name, value)  # inherited by the engine-core process
+    for name, value in DEVICE_ENV_DEFAULTS[device].items():
+        os.environ.setdefault(name, value)  # inherited by the engine-core process
     logger.info("building engine on %s with %s", device, kwargs)
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
     step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
