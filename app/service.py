@@ -396,7 +396,7 @@ class CompletionService:
         self,
         prep: PreparedCompletion,
         first: tuple[int, RequestOutput] | None,
-        outputs: AsyncIterator[tuple[int, RequestOutput]],
+        outputs: AsyncGenerator[tuple[int, RequestOutput], None],
     ) -> AsyncIterator[str]:
         states: dict[tuple[int, int], _ChoiceState] = {}
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
@@ -409,14 +409,18 @@ class CompletionService:
         }
         usage_field = {"usage": None} if prep.include_usage else {}
 
-        async def tagged() -> AsyncIterator[tuple[int, RequestOutput]]:
-            if first is not None:
-                yield first
-            async for item in outputs:
-                yield item
-
+        # The primed first output, then the rest, without another generator
+        # layer on this per-token path.
+        pending = first
         try:
-            async for i, out in tagged():
+            while True:
+                if pending is not None:
+                    (i, out), pending = pending, None
+                else:
+                    try:
+                        i, out = await anext(outputs)
+                    except StopAsyncIteration:
+                        break
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[i] = out.prompt_logprobs
                 for o in out.outputs:
@@ -463,7 +467,10 @@ class CompletionService:
             self.metrics.client_aborts.inc()  # the client went away mid-stream
             raise
         finally:
-            self.admission.release()
+            try:
+                await outputs.aclose()  # aborts the engine request now if unfinished
+            finally:
+                self.admission.release()
         if prep.include_usage:
             yield json.dumps({**base, "choices": [], "usage": self._usage(prep, completion_tokens)})
 
