@@ -185,8 +185,21 @@ def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        # Prometheus answers 503 "Service Unavailable" until its TSDB is open;
+        # queries before /-/ready returns 200 are not JSON.
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "prometheus exited during startup"
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "prometheus not ready within 60 s"
+            time.sleep(0.2)
+        yield url
     finally:
         proc.terminate()
         proc.wait(30)
@@ -211,10 +224,8 @@ def test_real_prometheus_answers_the_dashboard_queries(
             model=MODEL_NAME, prompt="Hi", max_tokens=8, extra_body={"ignore_eos": True}
         )
         for name, q in queries.items():
-            try:
-                r = httpx.get(f"{prometheus}/api/v1/query", params={"query": q}, timeout=5)
-            except httpx.TransportError:
-                break  # still starting
+            r = httpx.get(f"{prometheus}/api/v1/query", params={"query": q}, timeout=5)
+            assert r.status_code == 200, r.text
             body = r.json()
             assert body["status"] == "success", json.dumps(body)
             for series in body["data"]["result"]:
