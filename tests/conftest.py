@@ -108,7 +108,8 @@ API_KEY = "sk-test-Key-1"
 
 @pytest.fixture(scope="session")
 def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A second gateway: truncation=error, API keys from a file, admission 2 + 2, CORS."""
+    """A second gateway: truncation=error, API keys from a file, admission 2 + 2,
+    a 2 s header deadline, CORS."""
     tmp = tmp_path_factory.mktemp("secured")
     keys = tmp / "api-keys"
     keys.write_text(f"# one key per line\n{API_KEY}\nsk-other-key\n")
@@ -122,6 +123,7 @@ def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "GATEWAY_API_KEY_FILE": str(keys),
             "GATEWAY_MAX_INFLIGHT": "2",
             "GATEWAY_MAX_QUEUE": "2",
+            "GATEWAY_HEADER_TIMEOUT": "2",
             "GATEWAY_CORS_ORIGINS": '["https://app.example.com"]',
         },
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.deps import ServiceDep
 from app.schemas import CompletionRequest
-from app.streaming import sse_response
+from app.streaming import StreamResponse
 from app.utils import json_response
 
 router = APIRouter()
@@ -51,7 +51,7 @@ async def create_completion(
         chunks = await _unless_disconnected(request, service.open_stream(prep))
         if chunks is None:
             return Response(status_code=CLIENT_CLOSED)
-        return sse_response(chunks, prep.headers())
+        return StreamResponse(chunks, prep.headers(), service.settings.sse_keepalive)
     result = await _unless_disconnected(request, service.complete(prep))
     if result is None:
         return Response(status_code=CLIENT_CLOSED)

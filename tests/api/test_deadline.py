@@ -1,0 +1,110 @@
+"""GATEWAY_REQUEST_TIMEOUT aborts the engine work; a stream that waits in the
+queue receives keep-alive comments until it gets its place."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.test_disconnect import wait_running_zero
+from tests.conftest import Gateway, start_gateway, stop_gateway
+
+TIMEOUT = 4.0  # seconds; the tiny model needs far longer for LONG
+LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def timed(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    log = tmp_path_factory.mktemp("timed") / "gateway.log"
+    gw: Gateway = start_gateway(
+        model_dir,
+        log,
+        "--warmup",
+        "none",
+        env={
+            "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT),
+            "GATEWAY_SSE_KEEPALIVE": "0.2",
+            "GATEWAY_MAX_INFLIGHT": "1",
+            "GATEWAY_MAX_QUEUE": "4",
+        },
+    )
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        yield c
+    stop_gateway(gw)
+
+
+def timeouts(http: httpx.Client) -> float:
+    m = re.search(
+        r"^gateway_request_timeouts_total\{[^}]*\} (\S+)$", http.get("/metrics").text, re.M
+    )
+    assert m, "gateway_request_timeouts_total not exported"
+    return float(m.group(1))
+
+
+def test_non_stream_deadline_is_504_and_aborts_the_engine(timed: httpx.Client) -> None:
+    before = timeouts(timed)
+    start = time.monotonic()
+    r = timed.post("/v1/completions", json=LONG)
+    took = time.monotonic() - start
+    assert r.status_code == 504, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["code"]) == ("timeout_error", "request_timeout")
+    assert TIMEOUT <= took < TIMEOUT + 5
+    assert wait_running_zero(timed) == 0  # the engine stopped generating
+    assert timeouts(timed) == before + 1
+    ok = timed.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 4})
+    assert ok.status_code == 200  # and keeps serving
+
+
+def test_stream_deadline_ends_with_an_error_event_and_done(timed: httpx.Client) -> None:
+    before = timeouts(timed)
+    with timed.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
+        assert r.status_code == 200
+        data = [ln[5:].strip() for ln in r.iter_lines() if ln.startswith("data:")]
+    assert data[-1] == "[DONE]"
+    error = json.loads(data[-2])["error"]
+    assert (error["type"], error["code"]) == ("timeout_error", "request_timeout")
+    tokens = [json.loads(d)["choices"][0]["text"] for d in data[:-2]]
+    assert 0 < len(tokens) < 2000  # it streamed, then was stopped
+    assert wait_running_zero(timed) == 0
+    assert timeouts(timed) == before + 1
+
+
+def test_queued_stream_gets_keepalive_comments_then_its_tokens(timed: httpx.Client) -> None:
+    # MAX_INFLIGHT=1: a blocking stream holds the only place.
+    with timed.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as blocker:
+        lines = blocker.iter_lines()
+        assert next(ln for ln in lines if ln.startswith("data:"))
+        seen: list[str] = []
+        got_headers = threading.Event()
+
+        def queued() -> None:
+            body = {"prompt": "Hi", "max_tokens": 8, "ignore_eos": True, "stream": True}
+            with timed.stream("POST", "/v1/completions", json=body) as r:
+                seen.append(str(r.status_code))
+                got_headers.set()
+                seen.extend(r.iter_lines())
+
+        t = threading.Thread(target=queued)
+        t.start()
+        assert got_headers.wait(2), "a queued stream should answer its headers at once"
+        time.sleep(1.0)
+        waiting = list(seen)
+    t.join(30)  # the blocker is closed: its place goes to the queued stream
+    assert not t.is_alive()
+    assert waiting[0] == "200"
+    comments = [ln for ln in waiting if ln.startswith(":")]
+    assert len(comments) >= 2, waiting
+    assert not [ln for ln in waiting if ln.startswith("data:")]
+    data = [ln[5:].strip() for ln in seen if ln.startswith("data:")]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert "error" not in data[-2]
