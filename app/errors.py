@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.metrics import Metrics
+from app.schemas import CompletionRequest, DetokenizeRequest, StreamOptions, TokenizeRequest
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,14 @@ _UNION_HINTS = {
 }
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_FIELDS = frozenset(
+    name
+    for model in (CompletionRequest, StreamOptions, TokenizeRequest, DetokenizeRequest)
+    for name in model.model_fields
+)
+
+
 def _is_union_tag(part: str) -> bool:
     return "[" in part or part in {"str", "int", "float", "bool", "list", "dict"}
 
@@ -163,14 +173,27 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     err = errors[0]
     kind = err.get("type", "")
     path = [str(p) for p in err.get("loc", ()) if p != "body"]
-    names = [p for p in path if not p.isdigit() and not _is_union_tag(p)]
+    # Name fields only: stop at a dict key or list index the client chose.
+    names: list[str] = []
+    for part in path:
+        if part.isdigit() or _is_union_tag(part):
+            continue
+        if part not in _FIELDS:
+            break
+        names.append(part)
     param = ".".join(names) or None
     if kind == "json_invalid":
         return "Request body is not valid JSON.", None
     if not names and kind in ("model_attributes_type", "dict_type", "model_type"):
         return "Request body must be a JSON object.", None
     if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {param}", param
+        # Named like OpenAI does, but only when the name is a plain identifier:
+        # an arbitrary client string is never reflected.
+        extra = path[-1] if path else ""
+        if _IDENTIFIER.fullmatch(extra):
+            param = ".".join([*names, extra])
+            return f"Unrecognized request argument supplied: {param}", param
+        return "Unrecognized request argument supplied.", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
     if names and names[0] in _UNION_HINTS and len(names) == 1:

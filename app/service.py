@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from app.admission import Admission, Place
 from app.config import Settings
+from app.context import check_max_tokens, fit_prompt
 from app.engine.protocol import (
     CompletionOutput,
     Engine,
@@ -21,7 +22,7 @@ from app.engine.protocol import (
     RequestOutput,
     SamplingOptions,
 )
-from app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, RequestTimeout
+from app.errors import InvalidRequest, ModelNotFound, RequestTimeout
 from app.metrics import Metrics, RequestTimer
 from app.schemas import (
     Completion,
@@ -113,13 +114,7 @@ class CompletionService:
         if req.suffix is not None:
             raise InvalidRequest("suffix is not supported by this model.", param="suffix")
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        limit = self.engine.max_model_len
-        if max_tokens >= limit:
-            raise ContextLengthExceeded(
-                f"max_tokens must be less than this model's maximum context length of "
-                f"{limit} tokens (it leaves no room for a prompt); you requested {max_tokens}.",
-                param="max_tokens",
-            )
+        check_max_tokens(max_tokens, self.engine.max_model_len)
         best_of = req.best_of if req.best_of is not None else req.n
         if best_of < req.n:
             raise InvalidRequest("best_of must be greater than or equal to n.", param="best_of")
@@ -236,28 +231,17 @@ class CompletionService:
         self, prompt: PreparedPrompt, max_tokens: int, truncate_to: int | None
     ) -> PreparedPrompt:
         """Apply truncate_prompt_tokens and the context limit to one prompt."""
-        ids = prompt.token_ids
-        limit = self.engine.max_model_len
-        if len(ids) + max_tokens > limit and self.truncation == "error":
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the prompt, "
-                f"{max_tokens} for the completion). Please reduce the prompt or the "
-                f"completion length.",
-                param="prompt",
-            )
-        budget = limit - max_tokens
-        if truncate_to is not None:
-            budget = min(budget, truncate_to)
-        if len(ids) <= budget:
+        kept = fit_prompt(
+            prompt.token_ids,
+            max_tokens,
+            self.engine.max_model_len,
+            policy=self.truncation,
+            truncate_to=truncate_to,
+            bos=self.engine.bos_token_id,
+        )
+        if kept is prompt.token_ids:
             return prompt
-        bos = self.engine.bos_token_id
-        # Keep BOS (the model was trained with it) and the newest tokens.
-        if bos is not None and ids[0] == bos and budget >= 2:
-            kept = [bos, *ids[len(ids) - budget + 1 :]]
-        else:
-            kept = ids[len(ids) - budget :]
-        return PreparedPrompt(token_ids=kept, text=None, dropped=len(ids) - budget)
+        return PreparedPrompt(token_ids=kept, text=None, dropped=len(prompt.token_ids) - len(kept))
 
     def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
         if not bias:
