@@ -137,6 +137,7 @@ class Supervisor:
     def start(self) -> None:
         """Load and warm the engine in the background; the server answers meanwhile."""
         self._spawn(self.startup())
+        self._spawn(self.metrics.sample_event_loop())
 
     async def startup(self) -> None:
         lc = self.lifecycle
@@ -148,6 +149,7 @@ class Supervisor:
                 self.settings.max_queue,
                 self.settings.max_queued_tokens,
             )
+            self.metrics.watch_admission(admission)
             service = CompletionService(engine, self.settings, self.metrics, admission)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)

@@ -12,10 +12,15 @@ own overhead included); per-step batch figures come from vLLM's stat logger
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from app.admission import Admission
 
 # Buckets span the CPU fixture (sub-ms to ms steps) and Ascend (the seed's
 # TPOT is ~26 ms at batch 1; TTFT for a 2048-token prefill is ~100s of ms).
@@ -30,6 +35,9 @@ FIRST_TOKEN_BUCKETS = (
 REQUEST_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.5, 5.0,
     7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+LOOP_LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
@@ -110,6 +118,21 @@ class Metrics:
             "gateway_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0-1)."
         ).labels(model)
 
+        self.admission_running = gauge(
+            "gateway_admission_running",
+            "Requests holding an in-flight place (GATEWAY_MAX_INFLIGHT bounds it).",
+        ).labels(model)
+        self.admission_queued = gauge(
+            "gateway_admission_queued",
+            "Requests waiting for an in-flight place (GATEWAY_MAX_QUEUE bounds it).",
+        ).labels(model)
+        self.loop_lag = hist(
+            "gateway_event_loop_lag_seconds",
+            "How late the gateway's event loop ran a timer (sampled every 0.5 s): "
+            "time every request waits for the serving process itself.",
+            LOOP_LAG_BUCKETS,
+        ).labels(model)
+
         self.requests = counter(
             "gateway_requests_total",
             "HTTP requests answered, by endpoint and status code (499: client went away).",
@@ -159,6 +182,19 @@ class Metrics:
             self.rejected.labels(model, reason)
         for finish_reason in FINISH_REASONS:
             self.finished.labels(model, finish_reason)
+
+    def watch_admission(self, admission: Admission) -> None:
+        """Read the admission counts at scrape time (no cost per request)."""
+        self.admission_running.set_function(lambda: admission.running)
+        self.admission_queued.set_function(lambda: admission.queued)
+
+    async def sample_event_loop(self, interval: float = 0.5) -> None:
+        """Forever: sleep `interval`, record how late the wake-up came."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - start - interval))
 
     def request_answered(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else "other"
