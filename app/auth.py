@@ -2,7 +2,8 @@
 
 Deny by default: with keys configured, every route needs one except the
 health endpoints (probes carry no credentials) and, unless
-GATEWAY_METRICS_AUTH is set, /metrics. Keys are never logged.
+GATEWAY_METRICS_AUTH is set, /metrics. Keys are never logged. With
+GATEWAY_RATE_LIMIT_RPM, each key also has a request rate (app/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import AuthenticationFailed, error_response
+from app.errors import AuthenticationFailed, GatewayError, RateLimited, error_response
 from app.metrics import Metrics
+from app.ratelimit import RateLimiter
 
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/health/startup"})
 
@@ -28,28 +30,53 @@ def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, digests: list[bytes], protect_metrics: bool, metrics: Metrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        digests: list[bytes],
+        protect_metrics: bool,
+        metrics: Metrics,
+        limiter: RateLimiter | None = None,
+    ):
         self.app = app
         self.digests = digests
         self.metrics = metrics
+        self.limiter = limiter
         self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
 
-    def allowed(self, scope: Scope) -> bool:
+    def key_of(self, scope: Scope) -> bytes | None:
+        """The digest of the request's key if it is a configured one, else None."""
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            return False
+            return None
         digest = hashlib.sha256(token.strip()).digest()
         # Compare against every key, always, so timing says nothing about which matched.
-        matched = False
+        matched = None
         for known in self.digests:
-            matched |= hmac.compare_digest(digest, known)
+            if hmac.compare_digest(digest, known):
+                matched = known
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or self.allowed(scope):
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        self.metrics.rejected.labels(self.metrics.model, "unauthorized").inc()
-        response = error_response(AuthenticationFailed("Incorrect or missing API key."))
-        await response(scope, receive, send)
+        key = self.key_of(scope)
+        error: GatewayError
+        if key is None:
+            error = AuthenticationFailed("Incorrect or missing API key.")
+        elif self.limiter is None or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        else:
+            try:
+                self.limiter.check(key)
+            except RateLimited as exc:
+                error = exc
+            else:
+                await self.app(scope, receive, send)
+                return
+        assert error.reason is not None
+        self.metrics.rejected.labels(self.metrics.model, error.reason).inc()
+        await error_response(error)(scope, receive, send)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         None, description="File with one API key per line (a mounted Kubernetes Secret)."
     )
     metrics_auth: bool = Field(False, description="Require an API key for /metrics too.")
+    rate_limit_rpm: int = Field(
+        0, ge=0, description="Requests per minute per API key (429 beyond); 0: no limit."
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="Requests a key may send at once; default: 10 s of its rate."
+    )
 
     # Limits and admission.
     max_inflight: int = Field(256, ge=1, description="Requests in the engine at once.")

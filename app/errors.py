@@ -112,6 +112,22 @@ class Overloaded(Unavailable):
     retry_after = 1
 
 
+class RateLimited(GatewayError):
+    """A key's request rate is over GATEWAY_RATE_LIMIT_RPM."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class PayloadTooLarge(GatewayError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     type = "invalid_request_error"

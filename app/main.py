@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
 from app.middleware import BodyLimit, RequestContext
+from app.ratelimit import RateLimiter
 from app.routes import completions, health, info, models, tokenize
 from app.routes import metrics as metrics_routes
 from app.service import TRUNCATED_HEADER
@@ -74,8 +75,15 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     digests = load_keys(settings.api_keys, settings.api_key_file)
     if digests:
+        rpm = settings.rate_limit_rpm
         app.add_middleware(
-            ApiKeyAuth, digests=digests, protect_metrics=settings.metrics_auth, metrics=metrics
+            ApiKeyAuth,
+            digests=digests,
+            protect_metrics=settings.metrics_auth,
+            metrics=metrics,
+            limiter=RateLimiter(rpm, settings.rate_limit_burst or max(1, rpm // 6))
+            if rpm
+            else None,
         )
     if settings.cors_origins:
         app.add_middleware(

@@ -50,6 +50,7 @@ REJECT_REASONS = (
     "unauthorized",
     "overloaded",
     "too_large",
+    "rate_limited",
 )
 FINISH_REASONS = ("stop", "length", "abort")
 

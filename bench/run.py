@@ -21,6 +21,9 @@ import psutil
 
 from bench.client import run_serve_benchmark
 from bench.engine_args import engine_kwargs
+from bench.scaling import LEVELS as SCALING_LEVELS
+from bench.scaling import markdown as scaling_markdown
+from bench.scaling import scaling
 from bench.servers import Server, gateway, vllm_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +76,13 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--rounds", type=int, default=2, help="A B alternations per level")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--scaling",
+        type=int,
+        nargs="*",
+        default=SCALING_LEVELS,
+        help="stream counts for the memory / loop-lag table (none: skip it)",
+    )
     a = p.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -125,6 +135,8 @@ def main() -> None:
         table.append(row)
     report["results"] = table
     report["raw"] = runs
+    if a.scaling:
+        report["scaling"] = scaling(a.scaling, logs)
 
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / dt.date.today().isoformat()
@@ -167,6 +179,8 @@ def markdown(report: dict[str, Any]) -> str:
     if "startup_seconds" in report:
         st = report["startup_seconds"]
         lines += [f"Time to ready: gateway {st['gateway']} s, vLLM server {st['vllm-server']} s."]
+    if report.get("scaling"):
+        lines += ["", scaling_markdown(report["scaling"])]
     return "\n".join(lines) + "\n"
 
 

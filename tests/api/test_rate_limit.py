@@ -1,0 +1,71 @@
+"""Per-key rate limits: a key over its rate gets 429 + Retry-After (the openai
+SDK's RateLimitError); other keys, probes and /metrics are not affected."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL_NAME, Gateway, start_gateway, stop_gateway
+
+KEY_A, KEY_B = "sk-rate-a", "sk-rate-b"
+
+
+@pytest.fixture(scope="module")
+def limited(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(
+        model_dir,
+        tmp_path_factory.mktemp("limited") / "gateway.log",
+        "--warmup",
+        "none",
+        env={
+            "GATEWAY_API_KEYS": f'["{KEY_A}", "{KEY_B}"]',
+            "GATEWAY_RATE_LIMIT_RPM": "60",  # one a second
+            "GATEWAY_RATE_LIMIT_BURST": "3",
+        },
+    )
+    yield gw
+    stop_gateway(gw)
+
+
+def tokenize(url: str, key: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/tokenize",
+        json={"prompt": "Hi"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_key_over_its_rate_gets_429_and_recovers(limited: Gateway) -> None:
+    assert [tokenize(limited.url, KEY_A).status_code for _ in range(3)] == [200] * 3
+    r = tokenize(limited.url, KEY_A)
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "1"
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert KEY_A not in r.text
+
+    sdk = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=KEY_A, max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        sdk.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
+
+    # Another key, the probes and the metrics are not limited.
+    assert tokenize(limited.url, KEY_B).status_code == 200
+    assert httpx.get(f"{limited.url}/health/live").status_code == 200
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    m = re.search(r'gateway_rejected_requests_total\{[^}]*reason="rate_limited"\} (\S+)', metrics)
+    assert m and float(m.group(1)) == 2.0
+
+    time.sleep(1.1)  # a token back
+    assert tokenize(limited.url, KEY_A).status_code == 200
+    # The SDK's own retry honours Retry-After and gets through.
+    retrying = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=KEY_A, max_retries=3)
+    out = retrying.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
+    assert out.choices[0].text is not None
