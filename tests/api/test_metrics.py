@@ -217,21 +217,33 @@ def test_real_prometheus_answers_the_dashboard_queries(
         "token_rate": "sum(rate(gateway_generation_tokens_total[30s]))",
     }
     found: dict[str, float] = {}
-    deadline = time.monotonic() + 60
-    while len(found) < len(queries) and time.monotonic() < deadline:
-        # Keep traffic flowing so that rates over the window are not empty.
-        client.completions.create(
-            model=MODEL_NAME, prompt="Hi", max_tokens=8, extra_body={"ignore_eos": True}
-        )
-        for name, q in queries.items():
-            r = httpx.get(f"{prometheus}/api/v1/query", params={"query": q}, timeout=5)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert body["status"] == "success", json.dumps(body)
-            for series in body["data"]["result"]:
-                v = float(series["value"][1])
-                if v == v and v > 0:  # not NaN
-                    found[name] = v
-        time.sleep(0.5)
+    # Traffic flows all the time (one request after another in a thread), so
+    # that every scrape sees a running batch and rates over the window exist.
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            client.completions.create(
+                model=MODEL_NAME, prompt="Hi", max_tokens=64, extra_body={"ignore_eos": True}
+            )
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(found) < len(queries) and time.monotonic() < deadline:
+            for name, q in queries.items():
+                r = httpx.get(f"{prometheus}/api/v1/query", params={"query": q}, timeout=5)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["status"] == "success", json.dumps(body)
+                for series in body["data"]["result"]:
+                    v = float(series["value"][1])
+                    if v == v and v > 0:  # not NaN
+                        found[name] = v
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(60)
     assert set(found) == set(queries), found
     assert found["occupancy"] <= 1
