@@ -4,7 +4,6 @@ queue receives keep-alive comments until it gets its place."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_disconnect import wait_running_zero
+from tests.api.test_disconnect import metric, wait_running_zero
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
 TIMEOUT = 4.0  # seconds; the tiny model needs far longer for LONG
@@ -41,11 +40,7 @@ def timed(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def timeouts(http: httpx.Client) -> float:
-    m = re.search(
-        r"^gateway_request_timeouts_total\{[^}]*\} (\S+)$", http.get("/metrics").text, re.M
-    )
-    assert m, "gateway_request_timeouts_total not exported"
-    return float(m.group(1))
+    return metric(http, "gateway_request_timeouts_total")
 
 
 def test_non_stream_deadline_is_504_and_aborts_the_engine(timed: httpx.Client) -> None:

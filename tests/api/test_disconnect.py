@@ -14,19 +14,19 @@ from tests.conftest import MODEL_NAME, Gateway
 LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
 
 
-def client_aborts(http: httpx.Client) -> float:
-    match = re.search(
-        r"^gateway_client_aborts_total\{[^}]*\} (\S+)$", http.get("/metrics").text, re.M
-    )
-    assert match, "gateway_client_aborts_total not exported"
+def metric(http: httpx.Client, name: str) -> float:
+    """The value of a single-series metric on the server's /metrics."""
+    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", http.get("/metrics").text, re.M)
+    assert match, f"{name} not exported"
     return float(match.group(1))
+
+
+def client_aborts(http: httpx.Client) -> float:
+    return metric(http, "gateway_client_aborts_total")
 
 
 def engine_running(http: httpx.Client) -> float:
-    text = http.get("/metrics").text
-    match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
-    assert match, "vllm:num_requests_running not exported"
-    return float(match.group(1))
+    return metric(http, "vllm:num_requests_running")
 
 
 def wait_running_zero(http: httpx.Client, within: float = 2.0) -> float:
