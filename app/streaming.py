@@ -23,9 +23,10 @@ class ChunkStream(AsyncIterable[str], Protocol):
     async def close(self) -> None: ...
 
 
-async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
+async def sse_events(chunks: AsyncIterable[str]) -> AsyncIterator[str]:
+    source = aiter(chunks)
     try:
-        async for data in chunks:
+        async for data in source:
             yield data
     except GatewayError as exc:
         yield sse_error_data(exc)
@@ -33,9 +34,9 @@ async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
         logger.exception("stream failed")
         yield sse_error_data(EngineFailure("The stream failed."))
     finally:
-        # Close the source now (aborting its engine request if unfinished),
-        # not whenever the garbage collector gets to it.
-        await chunks.close()
+        # Close the source now (its cleanup aborts an unfinished engine
+        # request), not whenever the garbage collector gets to it.
+        await source.aclose()  # type: ignore[attr-defined]
     yield DONE
 
 
