@@ -61,102 +61,109 @@ class Metrics:
         self.model = model
         m = ["model"]
 
+        # hist/gauge/counter: the series of this model; *_by: the labelled family.
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, m, registry=registry, buckets=buckets)
+            return Histogram(name, doc, m, registry=registry, buckets=buckets).labels(model)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        def gauge_by(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
             return Gauge(name, doc, [*m, *labels], registry=registry)
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        def gauge(name: str, doc: str) -> Gauge:
+            return gauge_by(name, doc, ()).labels(model)
+
+        def counter_by(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, [*m, *labels], registry=registry)
+
+        def counter(name: str, doc: str) -> Counter:
+            return counter_by(name, doc, ()).labels(model)
 
         self.ttft = hist(
             "gateway_time_to_first_token_seconds",
             "Seconds from request arrival to the first output token, per request.",
             FIRST_TOKEN_BUCKETS,
-        ).labels(model)
+        )
         self.tpot = hist(
             "gateway_time_per_output_token_seconds",
             "Per request: (e2e latency - TTFT) / (output tokens - 1); requests with >= 2 tokens.",
             TOKEN_LATENCY_BUCKETS,
-        ).labels(model)
+        )
         self.itl = hist(
             "gateway_inter_token_latency_seconds",
             "Seconds between consecutive output tokens of a request (k tokens in a step: k gaps).",
             TOKEN_LATENCY_BUCKETS,
-        ).labels(model)
+        )
         self.e2e = hist(
             "gateway_e2e_request_latency_seconds",
             "Seconds from request arrival to its last output token.",
             REQUEST_BUCKETS,
-        ).labels(model)
+        )
         self.queue = hist(
             "gateway_request_queue_seconds",
             "Seconds a request waited in the engine's queue before it was first scheduled.",
             FIRST_TOKEN_BUCKETS,
-        ).labels(model)
+        )
         self.batch_size = hist(
             "gateway_batch_size",
             "Running sequences per engine step.",
             BATCH_BUCKETS,
-        ).labels(model)
+        )
 
         self.batch_occupancy = gauge(
             "gateway_batch_occupancy_ratio",
             "Running sequences / max_num_seqs, at the last engine step.",
-        ).labels(model)
+        )
         self.token_occupancy = gauge(
             "gateway_batch_token_occupancy_ratio",
             "Tokens scheduled in the last engine step / max_num_batched_tokens.",
-        ).labels(model)
+        )
         self.running = gauge(
             "gateway_requests_running", "Requests running in the engine (last step)."
-        ).labels(model)
+        )
         self.waiting = gauge(
             "gateway_requests_waiting", "Requests waiting in the engine's queue (last step)."
-        ).labels(model)
+        )
         self.kv_cache = gauge(
             "gateway_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0-1)."
-        ).labels(model)
+        )
 
         self.admission_running = gauge(
             "gateway_admission_running",
             "Requests holding an in-flight place (GATEWAY_MAX_INFLIGHT bounds it).",
-        ).labels(model)
+        )
         self.admission_queued = gauge(
             "gateway_admission_queued",
             "Requests waiting for an in-flight place (GATEWAY_MAX_QUEUE bounds it).",
-        ).labels(model)
+        )
         self.loop_lag = hist(
             "gateway_event_loop_lag_seconds",
             "How late the gateway's event loop ran a timer (sampled every 0.5 s): "
             "time every request waits for the serving process itself.",
             LOOP_LAG_BUCKETS,
-        ).labels(model)
+        )
 
-        self.requests = counter(
+        self.requests = counter_by(
             "gateway_requests_total",
             "HTTP requests answered, by endpoint and status code (499: client went away).",
             ("endpoint", "status"),
         )
-        self.finished = counter(
+        self.finished = counter_by(
             "gateway_request_finished_total",
             "Completion choices finished, by finish reason (stop, length, abort).",
             ("finish_reason",),
         )
         self.prompt_tokens = counter(
             "gateway_prompt_tokens_total", "Prompt tokens sent to the engine (after truncation)."
-        ).labels(model)
+        )
         self.generation_tokens = counter(
             "gateway_generation_tokens_total", "Output tokens generated."
-        ).labels(model)
+        )
         self.truncated_requests = counter(
             "gateway_truncated_requests_total", "Requests whose prompt was truncated."
-        ).labels(model)
+        )
         self.truncated_tokens = counter(
             "gateway_truncated_tokens_total", "Prompt tokens dropped by truncation."
-        ).labels(model)
-        self.rejected = counter(
+        )
+        self.rejected = counter_by(
             "gateway_rejected_requests_total",
             "Requests refused before reaching the engine, by reason.",
             ("reason",),
@@ -164,18 +171,18 @@ class Metrics:
         self.timeouts = counter(
             "gateway_request_timeouts_total",
             "Requests whose total deadline passed; their engine work was aborted.",
-        ).labels(model)
+        )
         self.client_aborts = counter(
             "gateway_client_aborts_total", "Requests abandoned by their client before the end."
-        ).labels(model)
+        )
 
-        self.phase = gauge("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
-        self.phase_duration = gauge(
+        self.phase = gauge_by("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
+        self.phase_duration = gauge_by(
             "gateway_phase_duration_seconds",
             "Seconds spent in each finished lifecycle phase (latest occurrence).",
             ("phase",),
         )
-        self.ready = gauge("gateway_ready", "1 when serving requests, else 0.").labels(model)
+        self.ready = gauge("gateway_ready", "1 when serving requests, else 0.")
 
         # Export every series of the closed label sets from the start, so that
         # rate() and alerts see zeros rather than nothing.
