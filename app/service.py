@@ -31,6 +31,7 @@ from app.schemas import (
     CompletionRequest,
     Usage,
 )
+from app.tokenizer import AsyncTokenizer
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
 
@@ -90,6 +91,7 @@ class CompletionService:
         self.settings = settings
         self.metrics = metrics
         self.admission = admission
+        self.tokenizer = AsyncTokenizer(engine.tokenizer)
         self.model_name = settings.model_name
         self.truncation = settings.truncation
         self._active: set[str] = set()  # engine request ids in flight
@@ -108,7 +110,7 @@ class CompletionService:
                 param="model",
             )
 
-    def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+    async def prepare(self, req: CompletionRequest) -> PreparedCompletion:
         arrival = time.monotonic()
         self.check_model(req.model)
         if req.suffix is not None:
@@ -151,7 +153,7 @@ class CompletionService:
                 param="prompt",
             )
         prompts = [
-            self._fit(p, max_tokens, truncate_to) for p in self._tokenize_prompts(req.prompt)
+            self._fit(p, max_tokens, truncate_to) for p in await self._tokenize_prompts(req.prompt)
         ]
         # best_of > n ranks candidates by cumulative logprob, which vLLM only
         # computes when logprobs are requested.
@@ -201,7 +203,7 @@ class CompletionService:
         timeout = self.settings.request_timeout
         return None if timeout is None else arrival + timeout
 
-    def _tokenize_prompts(
+    async def _tokenize_prompts(
         self, prompt: str | list[str] | list[int] | list[list[int]]
     ) -> list[PreparedPrompt]:
         if isinstance(prompt, str):
@@ -210,11 +212,11 @@ class CompletionService:
             raise InvalidRequest("prompt must not be empty.", param="prompt")
         items: list[str] | list[list[int]] | list[list[int] | str]
         items = [prompt] if isinstance(prompt[0], int) else prompt
+        encoded = iter(await self.tokenizer.encode_all([i for i in items if isinstance(i, str)]))
         out = []
         for item in items:
             if isinstance(item, str):
-                ids = self.engine.tokenizer.encode(item, add_special_tokens=True)
-                out.append(PreparedPrompt(token_ids=ids, text=item))
+                out.append(PreparedPrompt(token_ids=next(encoded), text=item))
                 continue
             ids = list(item)
             if not ids:

@@ -45,7 +45,7 @@ async def create_completion(
     body: CompletionRequest, service: ServiceDep, request: Request
 ) -> Response:
     """Create a completion (OpenAI-compatible; `stream: true` for SSE)."""
-    prep = service.prepare(body)
+    prep = await service.prepare(body)
     if body.stream:
         # SSE notices a disconnect itself and cancels the stream.
         chunks = await _unless_disconnected(request, service.open_stream(prep))

@@ -14,15 +14,15 @@ router = APIRouter()
 async def tokenize(body: TokenizeRequest, service: ServiceDep) -> Response:
     """Count and list the tokens of a prompt (vLLM's shape)."""
     service.check_model(body.model)
-    tokenizer = service.engine.tokenizer
-    tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    tokenizer = service.tokenizer
+    tokens = await tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     result: TokenizeResponse = {
         "count": len(tokens),
         "max_model_len": service.engine.max_model_len,
         "tokens": tokens,
     }
     if body.return_token_strs:
-        result["token_strs"] = tokenizer.convert_ids_to_tokens(tokens)
+        result["token_strs"] = await tokenizer.token_strs(tokens)
     return json_response(result)
 
 
@@ -36,6 +36,6 @@ async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> Response:
             param="tokens",
         )
     result: DetokenizeResponse = {
-        "prompt": service.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)
+        "prompt": await service.tokenizer.decode(body.tokens, skip_special_tokens=False)
     }
     return json_response(result)

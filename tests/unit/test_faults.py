@@ -4,7 +4,9 @@ SSE error event then [DONE] after. Scripted with a fake engine."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +17,7 @@ from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.errors import EngineFailure, Unavailable
 from app.main import create_app
-from tests.unit.fake_engine import FakeEngine, Out, ReqOut, Script
+from tests.unit.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 
 pytestmark = pytest.mark.anyio
 
@@ -25,15 +27,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
+@contextlib.asynccontextmanager
+async def serve(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(served_model_name="fake", warmup="none")
     app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            if path == "/health":
-                return await c.get(path)
-            return await c.post(path, json=body)
+            yield c
+
+
+async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
+    async with serve(engine) as c:
+        if path == "/health":
+            return await c.get(path)
+        return await c.post(path, json=body)
 
 
 def events(r: httpx.Response) -> list[str]:
@@ -127,3 +135,34 @@ async def test_failure_of_one_prompt_cancels_the_others() -> None:
     assert r.status_code == 500
     assert r.json()["error"]["message"] == "prompt a failed"
     assert any(rid.endswith("-1") for rid in engine.cancelled)
+
+
+class StuckTokenizer(CharTokenizer):
+    """Holds its caller until released, as tokenizing a very long prompt does."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.entered.set()
+        if not self.release.wait(10):
+            raise RuntimeError("the tokenizer was never released")
+        return super().encode(text, add_special_tokens)
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/tokenize"])
+async def test_a_long_tokenization_leaves_the_event_loop_serving(path: str) -> None:
+    async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "t", [5], finish_reason="stop")], finished=True)
+
+    tokenizer = StuckTokenizer()
+    async with serve(FakeEngine(one_token, tokenizer=tokenizer)) as c:
+        slow = asyncio.create_task(c.post(path, json={"prompt": "a long prompt"}))
+        assert await asyncio.to_thread(tokenizer.entered.wait, 5)
+        # Tokenizing on the event loop would hold this request until the
+        # tokenizer gave up; on the worker thread it is answered meanwhile.
+        assert (await c.get("/health/live")).status_code == 200
+        assert not slow.done()
+        tokenizer.release.set()
+        assert (await slow).status_code == 200
