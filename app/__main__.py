@@ -6,6 +6,9 @@ failed to start or died, so an orchestrator restarts the pod.
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sys
 
 import uvicorn
@@ -40,7 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = GatewayServer(config, app.state.supervisor)
     server.run()
-    sys.exit(app.state.supervisor.exit_code)
+    # The engine and its processes are down. Run the exit handlers, then skip
+    # the interpreter's module teardown: all it would add is ~30 lines of
+    # nanobind "leaked type" reports from triton (which vLLM imports) at the
+    # end of every pod's log.
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(app.state.supervisor.exit_code)
 
 
 if __name__ == "__main__":

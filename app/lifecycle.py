@@ -227,7 +227,12 @@ class Supervisor:
             with contextlib.suppress(BaseException):
                 await task
         if self.engine is not None:
-            await asyncio.to_thread(self.engine.shutdown)
+            # On the loop thread, as vLLM's own server does: AsyncLLM stops its
+            # engine core, then cancels its output handler, and that handler
+            # (a task on this loop) must not run in between, or it logs the
+            # stopped core as an EngineDeadError traceback. The server has
+            # closed its sockets by now: nothing else waits on the loop.
+            self.engine.shutdown()
         if self.lifecycle.phase is not Phase.FAILED:
             self.lifecycle.enter(Phase.STOPPED)
 
