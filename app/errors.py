@@ -186,7 +186,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request body.", None
-    err = errors[0]
+    # A value error is a validator's verdict on a value of the right type
+    # (app.schemas): more telling than the union members it failed to be.
+    err = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     kind = err.get("type", "")
     path = [str(p) for p in err.get("loc", ()) if p != "body"]
     # Name fields only: stop at a dict key or list index the client chose.
@@ -212,6 +214,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "Unrecognized request argument supplied.", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if kind == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        return f"Invalid value for '{param}': {msg}.", param
     if names and names[0] in _UNION_HINTS and len(names) == 1:
         return f"Invalid value for '{names[0]}': expected {_UNION_HINTS[names[0]]}.", names[0]
     msg = str(err.get("msg", "invalid value"))

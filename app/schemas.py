@@ -8,10 +8,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+# vLLM's own bounds for seeds; the engine's message encoding takes no wider int.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _encodable(text: str) -> str:
+    # JSON can carry a lone UTF-16 surrogate ("\ud83d", from a string cut in
+    # the middle of an emoji); neither the tokenizer nor the engine can take it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it holds an unpaired surrogate)") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
 TokenId = Annotated[StrictInt, Field(ge=0)]
-Prompt = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
+Prompt = Text | list[Text] | list[TokenId] | list[list[TokenId]]
 
 
 class _Request(BaseModel):
@@ -33,8 +48,8 @@ class CompletionRequest(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
     best_of: int | None = Field(None, ge=1, le=128)
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
@@ -45,7 +60,7 @@ class CompletionRequest(_Request):
     stream_options: StreamOptions | None = None
     suffix: str | None = None
     # vLLM extensions.
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
     min_tokens: int = Field(0, ge=0)
@@ -60,7 +75,7 @@ class TokenizeRequest(_Request):
     """POST /tokenize (vLLM's shape)."""
 
     model: str | None = None
-    prompt: StrictStr
+    prompt: Text
     add_special_tokens: bool = True
     return_token_strs: bool = False
 

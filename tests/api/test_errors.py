@@ -69,6 +69,9 @@ def test_malformed_json_is_400(http: httpx.Client, content: bytes, message: str)
         ({"prompt": "x", "n": 2, "best_of": 1}, "best_of"),
         ({"prompt": "x", "best_of": 2, "stream": True}, "best_of"),
         ({"prompt": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        # Beyond int64 the engine cannot even be sent the request.
+        ({"prompt": "x", "seed": 2**64}, "seed"),
+        ({"prompt": "x", "top_k": 2**64}, "top_k"),
     ],
 )
 def test_invalid_fields_are_400_naming_the_field(
@@ -86,6 +89,23 @@ def test_invalid_fields_are_400_naming_the_field(
         return
     err = assert_openai_error(r, 400, param)
     assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", '{"prompt": "\\ud83d cut emoji"}', "prompt"),
+        ("/v1/completions", '{"prompt": ["fine", "\\udc00"], "stream": true}', "prompt"),
+        ("/v1/completions", '{"prompt": "x", "stop": ["\\ud800"]}', "stop"),
+        ("/tokenize", '{"prompt": "\\ud83d"}', "prompt"),
+    ],
+)
+def test_unpaired_surrogates_are_400(http: httpx.Client, path: str, body: str, param: str) -> None:
+    # Valid JSON (a client cut a string inside an emoji), but not encodable text.
+    r = http.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    err = assert_openai_error(r, 400, param)
+    assert "unpaired surrogate" in err["message"]
+    assert http.post("/tokenize", json={"prompt": "x"}).status_code == 200
 
 
 def test_union_fields_say_what_they_accept(http: httpx.Client) -> None:
