@@ -498,7 +498,7 @@ class CompletionService:
             prompt = prep.prompts[prompt_index]
             text = prompt.text
             if text is None:
-                text = self.engine.tokenizer.decode(prompt.token_ids, skip_special_tokens=True)
+                text = self.tokenizer.sync.decode(prompt.token_ids, skip_special_tokens=True)
             state.text.append(text)
             if state.logprobs is not None:
                 self._add_logprobs(
@@ -527,7 +527,7 @@ class CompletionService:
             return f"token_id:{token_id}"
         if entry is not None and entry.decoded_token is not None:
             return entry.decoded_token
-        return self.engine.tokenizer.decode([token_id], skip_special_tokens=False)
+        return self.tokenizer.sync.decode([token_id], skip_special_tokens=False)
 
     def _add_logprobs(
         self,

@@ -3,9 +3,10 @@
 Hugging Face's fast tokenizers release the GIL while they work. A long prompt
 (1 MB of text takes about 0.85 s on the 2-core development machine) is
 tokenized on a worker thread, so the event loop keeps every other stream
-moving meanwhile. One worker, as in vLLM's server: long prompts queue behind
-each other and leave the other cores to the engine. Lookups of a single
-token stay inline (`sync`); a thread hop would cost more than they do.
+moving meanwhile. One worker, as vLLM's server has by default: long prompts
+queue behind each other and leave the other cores to the engine. Decoding
+inside the context limit (a token for logprobs, a prompt for echo) stays
+inline through `sync`: it costs less than the hop to the worker.
 """
 
 from __future__ import annotations
