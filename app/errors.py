@@ -249,7 +249,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(err)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return error_response(GatewayError("Internal server error."))
+
+def unexpected_error(exc: Exception) -> JSONResponse:
+    """Any other exception: logged with its traceback, answered without it."""
+    logger.error("unhandled error", exc_info=exc)
+    return error_response(GatewayError("Internal server error."))

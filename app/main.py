@@ -19,7 +19,7 @@ from app.engine.protocol import Engine
 from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
-from app.middleware import BodyLimit, RequestContext
+from app.middleware import BodyLimit, InternalErrors, RequestContext
 from app.ratelimit import RateLimiter
 from app.routes import completions, health, info, models, tokenize
 from app.routes import metrics as metrics_routes
@@ -93,7 +93,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", TRUNCATED_HEADER],
         )
-    # Added last, so outermost: request ids and status counts cover 401s too.
+    # Added last, so outermost: request ids and status counts cover 401s and
+    # unexpected 500s too.
+    app.add_middleware(InternalErrors)
     app.add_middleware(RequestContext, supervisor=supervisor)
     return app
 

@@ -1,5 +1,6 @@
-"""ASGI middleware: request ids (honouring an incoming x-request-id) and the
-count of in-flight /v1 requests that drain waits for."""
+"""ASGI middleware: request ids (honouring an incoming x-request-id), the
+count of in-flight /v1 requests that drain waits for, the body limit, and
+the 500 for an unexpected exception."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, error_response
+from app.errors import PayloadTooLarge, error_response, unexpected_error
 from app.lifecycle import Supervisor
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -102,3 +103,35 @@ class BodyLimit:
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes.")
+
+
+class InternalErrors:
+    """An unexpected exception becomes a bare OpenAI-style 500, logged once.
+
+    Starlette answers it only in its outermost layer, outside every
+    middleware, and re-raises it for the server to log again: the response
+    then had no request id and was counted as a client that went away. Here
+    it is answered inside RequestContext. Once a response has started there
+    is nothing left to answer with: the exception goes on and the connection
+    is closed."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            await unexpected_error(exc)(scope, receive, send)

@@ -114,11 +114,22 @@ async def test_watchdog_fails_the_gateway_when_the_engine_dies() -> None:
     assert app.state.supervisor.exit_code == 1
 
 
-async def test_unexpected_exception_non_stream_is_a_bare_500() -> None:
-    r = await call(FakeEngine(fails_after(1, RuntimeError("secret internals"))), {"prompt": "hi"})
+async def test_unexpected_exception_non_stream_is_a_bare_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serve(FakeEngine(fails_after(1, RuntimeError("secret internals")))) as c:
+        r = await c.post("/v1/completions", json={"prompt": "hi"})
+        scrape = (await c.get("/metrics")).text
     assert r.status_code == 500
     assert r.json()["error"]["message"] == "Internal server error."
     assert "secret internals" not in r.text
+    # Still a request like any other: it has its id and is counted as a 500.
+    assert len(r.headers["x-request-id"]) == 32
+    assert 'endpoint="/v1/completions",model="fake",status="500"} 1.0' in scrape
+    assert 'status="499"' not in scrape
+    # Logged once, with its traceback (not again by the server).
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
 
 
 async def test_failure_of_one_prompt_cancels_the_others() -> None:
