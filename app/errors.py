@@ -244,6 +244,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             return error_response(RouteNotFound("No such route."))
         if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
             return error_response(MethodNotAllowed("Method not allowed for this route."))
+        if exc.status_code == HTTPStatus.BAD_REQUEST:
+            # FastAPI's only 400: a body its JSON parser gave up on (e.g. too deeply nested).
+            return reject(InvalidRequest("Request body could not be parsed as JSON."))
         err = GatewayError(HTTPStatus(exc.status_code).phrase)
         err.status = HTTPStatus(exc.status_code)
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"

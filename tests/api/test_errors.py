@@ -33,6 +33,7 @@ def assert_openai_error(r: httpx.Response, status: int, param: str | None = None
         (b'{"prompt": "' + SECRET.encode() + b'", ', "not valid JSON"),
         (b"[1, 2, 3]", "JSON object"),
         (b'"' + SECRET.encode() + b'"', "JSON object"),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "could not be parsed"),
     ],
 )
 def test_malformed_json_is_400(http: httpx.Client, content: bytes, message: str) -> None:
