@@ -337,11 +337,14 @@ class CompletionService:
 
     async def _complete(self, prep: PreparedCompletion) -> Completion:
         states: dict[tuple[int, int], _ChoiceState] = {}
+        # Per prompt, from its first output that has them: vLLM's later
+        # outputs carry an empty list, and with n > 1 a sample may start in
+        # one of those.
         prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
         try:
             async for i, out in self._outputs(prep):
-                if out.prompt_logprobs is not None:
-                    prompt_logprobs[i] = out.prompt_logprobs
+                if out.prompt_logprobs:
+                    prompt_logprobs.setdefault(i, out.prompt_logprobs)
                 for o in out.outputs:
                     state = states.get((i, o.index))
                     if state is None:
@@ -428,8 +431,8 @@ class CompletionService:
                             i, out = await anext(outputs)
                     except StopAsyncIteration:
                         break
-                if out.prompt_logprobs is not None:
-                    prompt_logprobs[i] = out.prompt_logprobs
+                if out.prompt_logprobs:
+                    prompt_logprobs.setdefault(i, out.prompt_logprobs)
                 for o in out.outputs:
                     key = (i, o.index)
                     state = states.get(key)

@@ -257,6 +257,33 @@ def test_echo_prepends_prompt_with_prompt_logprobs(client: openai.OpenAI) -> Non
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + plain
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_logprobs_reach_every_sampled_choice(client: openai.OpenAI, stream: bool) -> None:
+    # With n > 1 each sample's first tokens may arrive in a later engine
+    # output than the prompt's logprobs (about half the time here): every
+    # choice must still carry them. Several rounds make that order happen.
+    for _ in range(8):
+        out = client.completions.create(
+            model=MODEL_NAME,
+            prompt=["a", "b"],
+            n=2,
+            max_tokens=2,
+            temperature=1,
+            echo=True,
+            logprobs=1,
+            stream=stream,
+        )
+        choices = [c for chunk in out for c in chunk.choices] if stream else out.choices
+        firsts = {}
+        for c in choices:
+            if c.index not in firsts:
+                firsts[c.index] = c.logprobs
+        assert sorted(firsts) == [0, 1, 2, 3]
+        for lp in firsts.values():
+            assert lp is not None and lp.tokens[:2] in (["<s>", "a"], ["<s>", "b"])
+            assert lp.token_logprobs[0] is None and lp.token_logprobs[1] is not None
+
+
 def test_best_of_returns_the_most_likely_candidates(client: openai.OpenAI) -> None:
     out = client.completions.create(
         model=MODEL_NAME,
