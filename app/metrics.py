@@ -175,6 +175,12 @@ class Metrics:
         self.client_aborts = counter(
             "gateway_client_aborts_total", "Requests abandoned by their client before the end."
         )
+        self.stream_errors = counter_by(
+            "gateway_stream_errors_total",
+            "Streams that ended with an SSE error event after their 200, by OpenAI error "
+            "type (their status in gateway_requests_total stays 200).",
+            ("type",),
+        )
 
         self.phase = gauge_by("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
         self.phase_duration = gauge_by(

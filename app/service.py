@@ -22,7 +22,14 @@ from app.engine.protocol import (
     RequestOutput,
     SamplingOptions,
 )
-from app.errors import InvalidRequest, ModelNotFound, RequestTimeout
+from app.errors import (
+    EngineFailure,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimeout,
+    Unavailable,
+)
 from app.metrics import Metrics, RequestTimer
 from app.schemas import (
     Completion,
@@ -95,6 +102,10 @@ class CompletionService:
         self.model_name = settings.model_name
         self.truncation = settings.truncation
         self._active: set[str] = set()  # engine request ids in flight
+        # The error events a stream can end with, exported at 0 from the start
+        # so that rate() and the alert see the first one.
+        for error in (EngineFailure, RequestTimeout, Unavailable):
+            metrics.stream_errors.labels(metrics.model, error.type)
 
     async def abort_all(self) -> None:
         """Abort every engine request in flight (drain timeout)."""
@@ -594,6 +605,10 @@ class CompletionStream:
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.service._chunks(self)
+
+    def failed(self, error: GatewayError) -> None:
+        metrics = self.service.metrics
+        metrics.stream_errors.labels(metrics.model, error.type).inc()
 
     async def close(self) -> None:
         if self._closed:

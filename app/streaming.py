@@ -20,19 +20,25 @@ DONE = "[DONE]"
 
 
 class ChunkStream(AsyncIterable[str], Protocol):
+    def failed(self, error: GatewayError) -> None:
+        """The stream is about to end with `error` as its SSE error event."""
+
     async def close(self) -> None: ...
 
 
-async def sse_events(chunks: AsyncIterable[str]) -> AsyncIterator[str]:
+async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
     source = aiter(chunks)
     try:
         async for data in source:
             yield data
     except GatewayError as exc:
+        chunks.failed(exc)
         yield sse_error_data(exc)
     except Exception:
         logger.exception("stream failed")
-        yield sse_error_data(EngineFailure("The stream failed."))
+        error = EngineFailure("The stream failed.")
+        chunks.failed(error)
+        yield sse_error_data(error)
     finally:
         # Close the source now (its cleanup aborts an unfinished engine
         # request), not whenever the garbage collector gets to it.

@@ -4,6 +4,7 @@ queue receives keep-alive comments until it gets its place."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -58,8 +59,16 @@ def test_non_stream_deadline_is_504_and_aborts_the_engine(timed: httpx.Client) -
     assert ok.status_code == 200  # and keeps serving
 
 
+def stream_timeouts(http: httpx.Client) -> float:
+    """gateway_stream_errors_total{type="timeout_error"}, 0 before the first."""
+    pattern = r'^gateway_stream_errors_total\{[^}]*type="timeout_error"[^}]*\} (\S+)$'
+    match = re.search(pattern, http.get("/metrics").text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_stream_deadline_ends_with_an_error_event_and_done(timed: httpx.Client) -> None:
     before = timeouts(timed)
+    before_stream = stream_timeouts(timed)
     with timed.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
         assert r.status_code == 200
         data = [ln[5:].strip() for ln in r.iter_lines() if ln.startswith("data:")]
@@ -70,6 +79,7 @@ def test_stream_deadline_ends_with_an_error_event_and_done(timed: httpx.Client) 
     assert 0 < len(tokens) < 2000  # it streamed, then was stopped
     assert wait_running_zero(timed) == 0
     assert timeouts(timed) == before + 1
+    assert stream_timeouts(timed) == before_stream + 1
 
 
 def test_queued_stream_gets_keepalive_comments_then_its_tokens(timed: httpx.Client) -> None:

@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_alert_rules_check_and_unit_tests_pass() -> None:
     r = promtool("check", "rules", "rules.yaml", cwd=DEPLOY / "prometheus")
-    assert r.returncode == 0 and "SUCCESS: 6 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
     r = promtool("test", "rules", "rules.test.yaml", cwd=DEPLOY / "prometheus")
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
@@ -81,6 +81,8 @@ def test_dashboard_covers_what_sres_need() -> None:
         "gateway_truncated_requests_total",
         "gateway_rejected_requests_total",
         "gateway_client_aborts_total",
+        "gateway_request_timeouts_total",
+        "gateway_stream_errors_total",
         "gateway_ready",
         "gateway_phase_duration_seconds",
     ):

@@ -58,15 +58,18 @@ def fails_after(n: int, exc: Exception) -> Script:
 
 
 async def test_mid_stream_failure_ends_with_error_event_then_done() -> None:
-    r = await call(
-        FakeEngine(fails_after(2, EngineFailure("boom"))), {"prompt": "hi", "stream": True}
-    )
+    async with serve(FakeEngine(fails_after(2, EngineFailure("boom")))) as c:
+        r = await c.post("/v1/completions", json={"prompt": "hi", "stream": True})
+        scrape = (await c.get("/metrics")).text
     assert r.status_code == 200
     ev = events(r)
     assert [json.loads(e)["choices"][0]["text"] for e in ev[:2]] == ["t0", "t1"]
     err = json.loads(ev[2])["error"]
     assert err["message"] == "boom" and err["type"] == "server_error"
     assert ev[3:] == ["[DONE]"]
+    # Counted as a 200 that failed, where an SRE can see it.
+    assert 'gateway_stream_errors_total{model="fake",type="server_error"} 1.0' in scrape
+    assert 'endpoint="/v1/completions",model="fake",status="200"} 1.0' in scrape
 
 
 async def test_unexpected_exception_mid_stream_is_not_leaked() -> None:
