@@ -90,8 +90,13 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-            expose_headers=["X-Request-Id", TRUNCATED_HEADER],
+            # The OpenAI SDKs send their own headers (x-stainless-os,
+            # x-stainless-retry-count, ...), a list that grows with their
+            # releases. No credentials are allowed (the key is a header, not a
+            # cookie), so any request header is as safe as a listed one.
+            allow_headers=["*"],
+            # What the SDK reads back: its retry timing and the request id.
+            expose_headers=["Retry-After", "X-Request-Id", TRUNCATED_HEADER],
         )
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.

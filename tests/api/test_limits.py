@@ -128,6 +128,36 @@ def test_cors_only_for_configured_origins(secured: Gateway) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
+def test_cors_lets_a_browser_use_the_openai_sdk(secured: Gateway) -> None:
+    # The SDK's own request headers (x-stainless-*, ...), captured from a real call.
+    sent: list[str] = []
+    hook = {"request": [lambda req: sent.extend(req.headers.keys())]}
+    with httpx.Client(event_hooks=hook) as http_client:
+        sdk = openai.OpenAI(base_url=f"{secured.url}/v1", api_key=API_KEY, http_client=http_client)
+        sdk.completions.create(model=MODEL_NAME, prompt="x", max_tokens=1)
+    # What a browser would ask before sending them (the CORS-safelisted ones aside).
+    asked = sorted({h for h in sent if h not in {"accept", "host", "content-length"}})
+    assert any(h.startswith("x-stainless-") for h in asked)
+    pre = httpx.options(
+        f"{secured.url}/v1/completions",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": ",".join(asked),
+        },
+    )
+    assert pre.status_code == 200, pre.text
+    allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert set(asked) <= allowed
+    # The SDK reads these from responses: its retry timing and the request id.
+    r = httpx.get(
+        f"{secured.url}/v1/models",
+        headers={"Origin": "https://app.example.com", "Authorization": f"Bearer {API_KEY}"},
+    )
+    exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+    assert {"retry-after", "x-request-id", "x-truncated-prompt-tokens"} <= exposed
+
+
 def test_cors_is_off_by_default(http: httpx.Client) -> None:
     r = http.get("/v1/models", headers={"Origin": "https://app.example.com"})
     assert "access-control-allow-origin" not in r.headers
