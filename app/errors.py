@@ -234,7 +234,14 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return reject(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type.lower():
+            # FastAPI parses a body as JSON only when it is declared so, which
+            # keeps browsers from posting without a CORS preflight; `curl -d`
+            # declares a form.
+            message = "The request body must be JSON, sent with 'Content-Type: application/json'."
+            return reject(InvalidRequest(message))
         message, param = _validation_message(exc)
         return reject(InvalidRequest(message, param=param))
 

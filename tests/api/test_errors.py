@@ -43,6 +43,18 @@ def test_malformed_json_is_400(http: httpx.Client, content: bytes, message: str)
     assert message in err["message"]
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_a_body_not_declared_as_json_says_so(http: httpx.Client, content_type: str | None) -> None:
+    # The first is what `curl -d` sends without -H 'Content-Type: application/json'.
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    headers = {"content-type": content_type} if content_type else {}
+    r = http.post("/v1/completions", content=body, headers=headers)
+    err = assert_openai_error(r, 400)
+    assert "Content-Type: application/json" in err["message"]
+    declared = {"content-type": "application/json; charset=utf-8"}
+    assert http.post("/v1/completions", content=body, headers=declared).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
