@@ -70,8 +70,11 @@ def create_app(
     install_error_handlers(app, metrics)
     for module in (completions, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
-    # Innermost first: body limit, then API keys, then CORS (a preflight
-    # carries no key), then request ids and counts around everything.
+    # Innermost first: the 500 for an unexpected exception (so it passes
+    # through CORS and the request context like any answer), body limit,
+    # API keys, CORS (a preflight carries no key), then request ids and
+    # counts around everything.
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     digests = load_keys(settings.api_keys, settings.api_key_file)
     if digests:
@@ -100,7 +103,6 @@ def create_app(
         )
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
-    app.add_middleware(InternalErrors)
     app.add_middleware(RequestContext, supervisor=supervisor)
     return app
 

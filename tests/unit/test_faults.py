@@ -28,8 +28,8 @@ def anyio_backend() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serve(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(served_model_name="fake", warmup="none")
+async def serve(engine: FakeEngine, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(served_model_name="fake", warmup="none", **overrides)  # type: ignore[arg-type]
     app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -120,14 +120,19 @@ async def test_watchdog_fails_the_gateway_when_the_engine_dies() -> None:
 async def test_unexpected_exception_non_stream_is_a_bare_500(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with serve(FakeEngine(fails_after(1, RuntimeError("secret internals")))) as c:
-        r = await c.post("/v1/completions", json={"prompt": "hi"})
+    engine = FakeEngine(fails_after(1, RuntimeError("secret internals")))
+    async with serve(engine, cors_origins=["https://app.example"]) as c:
+        r = await c.post(
+            "/v1/completions", json={"prompt": "hi"}, headers={"origin": "https://app.example"}
+        )
         scrape = (await c.get("/metrics")).text
     assert r.status_code == 500
     assert r.json()["error"]["message"] == "Internal server error."
     assert "secret internals" not in r.text
-    # Still a request like any other: it has its id and is counted as a 500.
+    # Still a request like any other: it has its id, a browser may read it,
+    # and it is counted as a 500.
     assert len(r.headers["x-request-id"]) == 32
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
     assert 'endpoint="/v1/completions",model="fake",status="500"} 1.0' in scrape
     assert 'status="499"' not in scrape
     # Logged once, with its traceback (not again by the server).
