@@ -11,7 +11,7 @@ HELM := .cache/bin/helm
 SLOWHTTPTEST := .cache/slowhttptest/usr/bin/slowhttptest
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint format fixture clean bench bench-seed verify test-compat
+.PHONY: setup serve test test-fast lint format fixture clean bench bench-seed verify test-compat
 
 setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST)
 
@@ -47,6 +47,10 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite without the real engine (unit, deploy): under a minute.
+test-fast: setup
+	$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
 
 # The gateway vs vLLM's OpenAI server vs in-process AsyncLLM (see bench/README.md).
 bench: setup

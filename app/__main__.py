@@ -13,7 +13,7 @@ import sys
 
 import uvicorn
 
-from app.config import Settings
+from app.checks import ConfigError, startup_settings
 from app.http import HeaderLimits, protocol_class
 from app.logs import configure
 from app.main import create_app
@@ -21,7 +21,12 @@ from app.server import GatewayServer
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    try:
+        settings = startup_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"ascend-llm-gateway: {line}", file=sys.stderr)
+        sys.exit(exc.code)
     configure(settings.log_level, settings.log_format)
     server: GatewayServer | None = None
 
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         log_config=None,  # ours, from app.logs
         http=protocol_class(
-            HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout)
+            HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout),
+            on_reject=app.state.rejections.count,
         ),
         timeout_graceful_shutdown=5,
     )

@@ -1,8 +1,8 @@
 """API keys: Bearer tokens checked against SHA-256 digests in constant time.
 
 Deny by default: with keys configured, every route needs one except the
-health endpoints (probes carry no credentials) and, unless
-GATEWAY_METRICS_AUTH is set, /metrics. Keys are never logged. With
+ones app.endpoints marks open: the health endpoints (probes carry no
+credentials) and, unless GATEWAY_METRICS_AUTH is set, /metrics. Keys are never logged. With
 GATEWAY_RATE_LIMIT_RPM, each key also has a request rate (app/ratelimit.py).
 """
 
@@ -14,11 +14,10 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import AuthenticationFailed, GatewayError, RateLimited, error_response
-from app.metrics import Metrics
+from app.endpoints import Endpoints
+from app.errors import AuthenticationFailed, GatewayError, RateLimited
 from app.ratelimit import RateLimiter
-
-OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/health/startup"})
+from app.rejection import Rejections
 
 
 def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
@@ -34,15 +33,15 @@ class ApiKeyAuth:
         self,
         app: ASGIApp,
         digests: list[bytes],
-        protect_metrics: bool,
-        metrics: Metrics,
+        endpoints: Endpoints,
+        rejections: Rejections,
         limiter: RateLimiter | None = None,
     ):
         self.app = app
         self.digests = digests
-        self.metrics = metrics
+        self.endpoints = endpoints
+        self.rejections = rejections
         self.limiter = limiter
-        self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
 
     def key_of(self, scope: Scope) -> bytes | None:
         """The digest of the request's key if it is a configured one, else None."""
@@ -59,14 +58,18 @@ class ApiKeyAuth:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = self.endpoints.match(scope["path"])
+        if endpoint.open:
             await self.app(scope, receive, send)
             return
         key = self.key_of(scope)
         error: GatewayError
         if key is None:
             error = AuthenticationFailed("Incorrect or missing API key.")
-        elif self.limiter is None or scope["path"] == "/metrics":
+        elif self.limiter is None or not endpoint.limited:
             await self.app(scope, receive, send)
             return
         else:
@@ -77,6 +80,4 @@ class ApiKeyAuth:
             else:
                 await self.app(scope, receive, send)
                 return
-        assert error.reason is not None
-        self.metrics.rejected.labels(self.metrics.model, error.reason).inc()
-        await error_response(error)(scope, receive, send)
+        await self.rejections.send(error, scope, receive, send)

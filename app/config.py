@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "npu"]
 Truncation = Literal["left", "error"]
@@ -77,8 +78,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line.")
 
     # Access.
-    api_keys: list[str] = Field(
-        default_factory=list, description='Accepted Bearer keys (JSON list, e.g. ["k1","k2"]).'
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted Bearer keys: one key, a comma-separated list, or a JSON list.",
     )
     api_key_file: Path | None = Field(
         None, description="File with one API key per line (a mounted Kubernetes Secret)."
@@ -142,6 +144,24 @@ class Settings(BaseSettings):
     watchdog_interval: float = Field(
         1.0, gt=0, description="Seconds between engine liveness checks."
     )
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds the engine may run requests without any output before the "
+        "gateway calls it hung, fails and exits (see README for the arithmetic).",
+    )
+    canary_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds idle before a 1-token canary generation checks the engine "
+        "(it must finish within stall_timeout); 0: off.",
+    )
+    termination_grace: float | None = Field(
+        None,
+        gt=0,
+        description="The pod's terminationGracePeriodSeconds, when known: the drain "
+        "timeout must end before it.",
+    )
 
     # Engine arguments; None means "take the device profile's value, else vLLM's".
     dtype: str | None = None
@@ -156,6 +176,42 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON object of any other vLLM engine argument, e.g. {"seed": 1}.',
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # vLLM's --api-key takes one key: accept that, a comma list, or JSON.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(
+                    "looks like a JSON list but is not valid JSON; give one key, "
+                    "a comma-separated list, or a JSON list of strings"
+                ) from None
+        return [k.strip() for k in text.split(",") if k.strip()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.rate_limit_rpm and not (self.api_keys or self.api_key_file):
+            raise ValueError(
+                "GATEWAY_RATE_LIMIT_RPM is set but no API keys are (GATEWAY_API_KEYS or "
+                "GATEWAY_API_KEY_FILE): the limit is per key."
+            )
+        # What the process needs after the drain: engine shutdown and exit.
+        margin = 5.0
+        grace = self.termination_grace
+        if grace is not None and self.drain_timeout + margin > grace:
+            raise ValueError(
+                f"GATEWAY_DRAIN_TIMEOUT ({self.drain_timeout:g} s) plus {margin:g} s to stop "
+                f"the engine is longer than GATEWAY_TERMINATION_GRACE ({grace:g} s): the pod "
+                "would be killed mid-drain. Lower the drain timeout or raise "
+                "terminationGracePeriodSeconds."
+            )
+        return self
 
     @property
     def model_name(self) -> str:

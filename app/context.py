@@ -17,6 +17,13 @@ def check_max_tokens(max_tokens: int, limit: int) -> None:
         )
 
 
+def _keep_newest(ids: list[int], budget: int, bos: int | None) -> list[int]:
+    # Keep BOS (the model was trained with it) and the newest tokens.
+    if bos is not None and ids[0] == bos and budget >= 2:
+        return [bos, *ids[len(ids) - budget + 1 :]]
+    return ids[len(ids) - budget :]
+
+
 def fit_prompt(
     ids: list[int],
     max_tokens: int,
@@ -27,8 +34,16 @@ def fit_prompt(
     bos: int | None = None,
 ) -> list[int]:
     """The prompt tokens to run: `ids` itself when it fits, else the kept
-    tokens (the newest, after BOS if the prompt starts with it)."""
-    if len(ids) + max_tokens > limit and policy == "error":
+    tokens (the newest, after BOS if the prompt starts with it).
+
+    The client's explicit `truncate_to` (vLLM's truncate_prompt_tokens)
+    applies first, under either policy, as vLLM applies it; the policy then
+    decides what happens to a prompt that still does not fit."""
+    if truncate_to is not None and len(ids) > truncate_to:
+        ids = _keep_newest(ids, truncate_to, bos)
+    if len(ids) + max_tokens <= limit:
+        return ids
+    if policy == "error":
         raise ContextLengthExceeded(
             f"This model's maximum context length is {limit} tokens. However, you "
             f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the prompt, "
@@ -36,12 +51,4 @@ def fit_prompt(
             f"completion length.",
             param="prompt",
         )
-    budget = limit - max_tokens
-    if truncate_to is not None:
-        budget = min(budget, truncate_to)
-    if len(ids) <= budget:
-        return ids
-    # Keep BOS (the model was trained with it) and the newest tokens.
-    if bos is not None and ids[0] == bos and budget >= 2:
-        return [bos, *ids[len(ids) - budget + 1 :]]
-    return ids[len(ids) - budget :]
+    return _keep_newest(ids, limit - max_tokens, bos)

@@ -1,14 +1,19 @@
-"""Typed dependencies for routes."""
+"""Typed dependencies for routes: each route asks for what it uses, nothing
+reaches through the supervisor."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
 
+from app.config import Settings
 from app.errors import Unavailable
-from app.lifecycle import Phase, Supervisor
+from app.lifecycle import Lifecycle, Phase, Supervisor
+from app.prepare import ServedModel
 from app.service import CompletionService
+from app.tokenizer import AsyncTokenizer
 
 _REFUSALS = {
     Phase.STARTING: "The model is loading.",
@@ -20,15 +25,15 @@ _REFUSALS = {
 }
 
 
-def get_supervisor(request: Request) -> Supervisor:
+def _supervisor(request: Request) -> Supervisor:
     supervisor: Supervisor = request.app.state.supervisor
     return supervisor
 
 
-SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
+_SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 
 
-def get_service(supervisor: SupervisorDep) -> CompletionService:
+def get_service(supervisor: _SupervisorDep) -> CompletionService:
     """The service, or 503 + Retry-After whenever the gateway is not ready."""
     service = supervisor.serving()
     if service is None:
@@ -37,3 +42,54 @@ def get_service(supervisor: SupervisorDep) -> CompletionService:
 
 
 ServiceDep = Annotated[CompletionService, Depends(get_service)]
+
+
+def get_model(service: ServiceDep) -> ServedModel:
+    return service.model
+
+
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+
+
+def get_tokenizer(service: ServiceDep) -> AsyncTokenizer:
+    return service.tokenizer
+
+
+TokenizerDep = Annotated[AsyncTokenizer, Depends(get_tokenizer)]
+
+
+def get_settings(supervisor: _SupervisorDep) -> Settings:
+    return supervisor.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_lifecycle(supervisor: _SupervisorDep) -> Lifecycle:
+    return supervisor.lifecycle
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+
+
+def get_status(supervisor: _SupervisorDep) -> dict[str, Any]:
+    """The health JSON: phase and timings, graph capture once the engine exists."""
+    return supervisor.status()
+
+
+StatusDep = Annotated[dict[str, Any], Depends(get_status)]
+
+
+def get_engine_info(supervisor: _SupervisorDep) -> dict[str, Any] | None:
+    engine = supervisor.engine
+    return engine.info() if engine is not None else None
+
+
+EngineInfoDep = Annotated[dict[str, Any] | None, Depends(get_engine_info)]
+
+
+def get_registry(supervisor: _SupervisorDep) -> CollectorRegistry:
+    return supervisor.metrics.registry
+
+
+RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]

@@ -16,10 +16,13 @@ Responses are OpenAI-shaped JSON and the connection is closed.
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.errors import GatewayError, HeadersTooLarge, HeaderTimeout
+from app.rejection import raw_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,42 +36,14 @@ class _HeaderLimitExceeded(Exception):
     """Raised inside a parser callback to stop parsing this request."""
 
 
-def _response(status: int, reason: str, message: str, code: str) -> bytes:
-    body = json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": code,
-            }
-        }
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-TOO_LARGE = _response(
-    431,
-    "Request Header Fields Too Large",
-    "The request line and headers exceed this server's limits.",
-    "headers_too_large",
-)
-TOO_SLOW = _response(
-    408,
-    "Request Timeout",
-    "The request headers did not arrive in time.",
-    "header_timeout",
-)
+TOO_LARGE = HeadersTooLarge("The request line and headers exceed this server's limits.")
+TOO_SLOW = HeaderTimeout("The request headers did not arrive in time.")
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    limits: HeaderLimits  # set on the subclass that `protocol_class` makes
+    # Set on the subclass that `protocol_class` makes.
+    limits: HeaderLimits
+    on_reject: Callable[[GatewayError], None]
 
     # httptools buffers a header line until it is complete, so a size limit
     # must be applied to the raw bytes before they reach the parser: while a
@@ -113,10 +88,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _reject(self, response: bytes) -> None:
+    def _reject(self, error: GatewayError) -> None:
         self._disarm_header_timer()
         if not self.transport.is_closing():
-            self.transport.write(response)
+            type(self).on_reject(error)
+            self.transport.write(raw_response(error))
             self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -151,6 +127,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
 
-def protocol_class(limits: HeaderLimits) -> type[LimitedHttpToolsProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` with these limits."""
-    return type("GatewayHttpProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+def protocol_class(
+    limits: HeaderLimits, on_reject: Callable[[GatewayError], None] = lambda _: None
+) -> type[LimitedHttpToolsProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` with these limits;
+    `on_reject` counts each refusal (app.rejection.Rejections.count)."""
+    attrs = {"limits": limits, "on_reject": staticmethod(on_reject)}
+    return type("GatewayHttpProtocol", (LimitedHttpToolsProtocol,), attrs)

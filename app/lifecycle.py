@@ -20,9 +20,11 @@ from typing import Any
 from app.admission import Admission
 from app.config import Settings
 from app.engine.protocol import Engine
-from app.metrics import Metrics
+from app.errors import EngineStalled
+from app.metrics import EngineStep, Metrics
 from app.service import CompletionService
 from app.warmup import warm_up
+from app.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,8 @@ class Supervisor:
         self.service: CompletionService | None = None
         self.engine: Engine | None = None
         self.exit_code = 0
-        self.inflight = InFlight()  # /v1 requests being served (see app.middleware)
+        self.inflight = InFlight()  # requests being served (see app.middleware)
+        self.watchdog = Watchdog(settings, metrics)
         self._build = build
         self._on_exit = on_exit
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,13 +165,23 @@ class Supervisor:
             lc.fail(f"engine startup failed: {_describe(exc)}")
             self.exit_soon(1)
             return
-        self._spawn(self._watch(engine))
+        self._spawn(self._watch(engine, service))
 
-    async def _watch(self, engine: Engine) -> None:
-        # Cancelled by shutdown(); vLLM sets `errored` when the core process dies.
-        while not engine.errored:  # noqa: ASYNC110 (a flag vLLM sets; nothing to await)
-            await asyncio.sleep(self.settings.watchdog_interval)
-        self.lifecycle.fail("the inference engine died (engine core process gone)")
+    def engine_step(self, step: EngineStep) -> None:
+        """Once per engine step, from vLLM's stat logger (on the event loop)."""
+        self.watchdog.heartbeat()
+        self.metrics.engine_step(step)
+
+    async def _watch(self, engine: Engine, service: CompletionService) -> None:
+        # Cancelled by shutdown().
+        why, hung = await self.watchdog.watch(engine, service.runner)
+        if hung:
+            self.metrics.engine_stalls.inc()
+            # Nothing more will come: end every request now, with the reason.
+            service.runner.break_all(
+                EngineStalled("The inference engine stopped responding; retry on another server.")
+            )
+        self.lifecycle.fail(why)
         self.exit_soon(1)
 
     # -- request admission -------------------------------------------------

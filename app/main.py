@@ -15,15 +15,16 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from app import __version__
 from app.auth import ApiKeyAuth, load_keys
 from app.config import Settings
+from app.endpoints import Endpoints
 from app.engine.protocol import Engine
-from app.errors import install_error_handlers
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
 from app.middleware import BodyLimit, InternalErrors, RequestContext
+from app.prepare import TRUNCATED_HEADER
 from app.ratelimit import RateLimiter
+from app.rejection import Rejections, install_error_handlers
 from app.routes import completions, health, info, models, tokenize
 from app.routes import metrics as metrics_routes
-from app.service import TRUNCATED_HEADER
 
 
 def create_app(
@@ -50,7 +51,7 @@ def create_app(
             return engine
         # Importing vllm (and torch) takes seconds: do it, and the build, off
         # the event loop. The import stays out of unit tests with a fake engine.
-        return await asyncio.to_thread(_build_vllm, settings, metrics.engine_step)
+        return await asyncio.to_thread(_build_vllm, settings, supervisor.engine_step)
 
     supervisor = Supervisor(settings, build, metrics, on_exit)
 
@@ -67,23 +68,25 @@ def create_app(
 
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
     app.state.supervisor = supervisor
-    install_error_handlers(app, metrics)
+    rejections = app.state.rejections = Rejections(metrics)
+    install_error_handlers(app, rejections)
     for module in (completions, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
+    endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
     # Innermost first: the 500 for an unexpected exception (so it passes
     # through CORS and the request context like any answer), body limit,
     # API keys, CORS (a preflight carries no key), then request ids and
     # counts around everything.
     app.add_middleware(InternalErrors)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections)
     digests = load_keys(settings.api_keys, settings.api_key_file)
     if digests:
         rpm = settings.rate_limit_rpm
         app.add_middleware(
             ApiKeyAuth,
             digests=digests,
-            protect_metrics=settings.metrics_auth,
-            metrics=metrics,
+            endpoints=endpoints,
+            rejections=rejections,
             limiter=RateLimiter(rpm, settings.rate_limit_burst or max(1, rpm // 6))
             if rpm
             else None,
@@ -103,7 +106,9 @@ def create_app(
         )
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
-    app.add_middleware(RequestContext, supervisor=supervisor)
+    app.add_middleware(
+        RequestContext, endpoints=endpoints, inflight=supervisor.inflight, metrics=metrics
+    )
     return app
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.errors import reject_reasons
+
 if TYPE_CHECKING:
     from app.admission import Admission
 
@@ -41,17 +43,6 @@ LOOP_LAG_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
-ENDPOINTS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize")
-REJECT_REASONS = (
-    "invalid_request",
-    "context_length",
-    "model_not_found",
-    "unavailable",
-    "unauthorized",
-    "overloaded",
-    "too_large",
-    "rate_limited",
-)
 FINISH_REASONS = ("stop", "length", "abort")
 
 
@@ -182,6 +173,12 @@ class Metrics:
             ("type",),
         )
 
+        self.engine_stalls = counter(
+            "gateway_engine_stalls_total",
+            "Times the engine was found hung: requests running (or the idle canary) and no "
+            "output for GATEWAY_STALL_TIMEOUT seconds; the gateway then fails and exits.",
+        )
+
         self.phase = gauge_by("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
         self.phase_duration = gauge_by(
             "gateway_phase_duration_seconds",
@@ -192,7 +189,7 @@ class Metrics:
 
         # Export every series of the closed label sets from the start, so that
         # rate() and alerts see zeros rather than nothing.
-        for reason in REJECT_REASONS:
+        for reason in reject_reasons():
             self.rejected.labels(model, reason)
         for finish_reason in FINISH_REASONS:
             self.finished.labels(model, finish_reason)
@@ -210,10 +207,8 @@ class Metrics:
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(0.0, loop.time() - start - interval))
 
-    def request_answered(self, path: str, status: int) -> None:
-        endpoint = path if path in ENDPOINTS else "other"
-        if path.startswith("/v1/models/"):
-            endpoint = "/v1/models"
+    def request_answered(self, endpoint: str, status: int) -> None:
+        """`endpoint`: the matched route's template (app.endpoints), or "other"."""
         self.requests.labels(self.model, endpoint, str(status)).inc()
 
     def declare_phases(self, phases: list[str], current: str) -> None:
@@ -270,7 +265,9 @@ class RequestTimer:
             return
         now = time.monotonic()
         if self.tokens == 0:
-            self.first = now
+            # The first token's latency is TTFT; tokens that came with it in
+            # the same output arrived together (no gap before them).
+            self.first = self.last = now
             metrics.ttft.observe(now - self.arrival)
             n -= 1
             self.tokens = 1

@@ -1,6 +1,6 @@
 """ASGI middleware: request ids (honouring an incoming x-request-id), the
-count of in-flight /v1 requests that drain waits for, the body limit, and
-the 500 for an unexpected exception."""
+count of in-flight requests that drain waits for, the body limit, and the
+500 for an unexpected exception."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, error_response, unexpected_error
-from app.lifecycle import Supervisor
+from app.endpoints import Endpoints
+from app.errors import PayloadTooLarge
+from app.lifecycle import InFlight
+from app.metrics import Metrics
+from app.rejection import Rejections, unexpected_error
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -20,9 +23,11 @@ _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, supervisor: Supervisor):
+    def __init__(self, app: ASGIApp, endpoints: Endpoints, inflight: InFlight, metrics: Metrics):
         self.app = app
-        self.supervisor = supervisor
+        self.endpoints = endpoints
+        self.inflight = inflight
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,16 +48,15 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        path: str = scope["path"]
-        counted = path.startswith("/v1/")
-        if counted:
-            self.supervisor.inflight.enter()
+        endpoint = self.endpoints.match(scope["path"])
+        if endpoint.drained:
+            self.inflight.enter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if counted:
-                self.supervisor.inflight.leave()
-            self.supervisor.metrics.request_answered(path, status)
+            if endpoint.drained:
+                self.inflight.leave()
+            self.metrics.request_answered(endpoint.label, status)
             request_id_var.reset(token)
 
 
@@ -60,9 +64,10 @@ class BodyLimit:
     """Refuse request bodies over the limit with an OpenAI-style 413, whether
     the client declares the size (Content-Length) or sends it chunked."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, rejections: Rejections):
         self.app = app
         self.max_bytes = max_bytes
+        self.rejections = rejections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +75,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._error())(scope, receive, send)
+            await self.rejections.send(self._error(), scope, receive, send)
             return
         if declared is not None:
             # The HTTP parser holds a body to its declared length.
@@ -85,7 +90,7 @@ class BodyLimit:
                 return  # the client went away mid-body
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await error_response(self._error())(scope, receive, send)
+                await self.rejections.send(self._error(), scope, receive, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):

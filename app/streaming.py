@@ -12,11 +12,21 @@ from typing import Protocol
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from app.errors import EngineFailure, GatewayError, sse_error_data
+from app.errors import EngineFailure, GatewayError
+from app.rejection import sse_error_data
 
 logger = logging.getLogger(__name__)
 
 DONE = "[DONE]"
+
+# JSON may carry these raw, but clients that split lines the Unicode way
+# (Python's str.splitlines, httpx's aiter_lines) cut an event in two at
+# them. Escaped, the JSON is the same text after parsing.
+_LINE_SAFE = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def line_safe(data: str) -> str:
+    return data if data.isascii() else data.translate(_LINE_SAFE)
 
 
 class ChunkStream(AsyncIterable[str], Protocol):
@@ -30,7 +40,7 @@ async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
     source = aiter(chunks)
     try:
         async for data in source:
-            yield data
+            yield line_safe(data)
     except GatewayError as exc:
         chunks.failed(exc)
         yield sse_error_data(exc)

@@ -21,13 +21,16 @@ from app.engine.protocol import Engine, SamplingOptions
 logger = logging.getLogger(__name__)
 
 
-async def _run(engine: Engine, prompt: list[int], max_tokens: int, request_id: str) -> None:
+async def generate_once(
+    engine: Engine, prompt: list[int], max_tokens: int, request_id: str
+) -> None:
+    """One greedy generation to its end (warmup, the watchdog's canary)."""
     options = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     async for _ in engine.generate(prompt, options, request_id):
         pass
 
 
-def _prompt(engine: Engine, seed: int, length: int) -> list[int]:
+def synthetic_prompt(engine: Engine, seed: int, length: int) -> list[int]:
     """A valid token-id prompt, distinct per seed so prefix caching cannot skip it."""
     bos = [engine.bos_token_id] if engine.bos_token_id is not None else []
     span = min(engine.vocab_size, 32000) - 100
@@ -51,13 +54,15 @@ async def warm_up(engine: Engine, level: str) -> None:
     async def step(name: str, *runs: tuple[list[int], int]) -> None:
         t0 = time.monotonic()
         await asyncio.gather(
-            *(_run(engine, p, n, f"warmup-{name}-{i}") for i, (p, n) in enumerate(runs))
+            *(generate_once(engine, p, n, f"warmup-{name}-{i}") for i, (p, n) in enumerate(runs))
         )
         steps.append((name, time.monotonic() - t0))
 
-    await step("batch1", (_prompt(engine, 0, 16), 8))
+    await step("batch1", (synthetic_prompt(engine, 0, 16), 8))
     if level == "full":
         for batch in batch_sizes(engine):
-            await step(f"batch{batch}", *((_prompt(engine, i + 1, 16), 4) for i in range(batch)))
-        await step("long-prefill", (_prompt(engine, 0, engine.max_model_len - 1), 1))
+            await step(
+                f"batch{batch}", *((synthetic_prompt(engine, i + 1, 16), 4) for i in range(batch))
+            )
+        await step("long-prefill", (synthetic_prompt(engine, 0, engine.max_model_len - 1), 1))
     logger.info("warmup (%s): %s", level, ", ".join(f"{n} {s:.2f}s" for n, s in steps))

@@ -8,6 +8,10 @@
 2. Reference comparison (optional): greedy token ids and their logprobs for
    the same prompts against a stored reference (e.g. produced once from the
    CPU path); reports token agreement and the largest logprob difference.
+   Different kernels (AVX2 vs AVX-512, CPU vs NPU) round differently, so two
+   near-equal candidates may swap: a divergence where the reference's token
+   is within `tolerance` of ours in our own top-5 is a tie, reported and not
+   a failure (the texts differ from there on, so comparison stops).
 Exit status 0 only if every check passes.
 """
 
@@ -33,7 +37,10 @@ RUNS = 3
 VOCAB = 32000
 
 
-def greedy(client: httpx.Client, model: str, prompt: str) -> tuple[list[int], list[float]]:
+Greedy = tuple[list[int], list[float], list[dict[int, float]]]  # ids, logprobs, top-5
+
+
+def greedy(client: httpx.Client, model: str, prompt: str) -> Greedy:
     r = client.post(
         "/v1/completions",
         json={
@@ -41,7 +48,7 @@ def greedy(client: httpx.Client, model: str, prompt: str) -> tuple[list[int], li
             "prompt": prompt,
             "max_tokens": TOKENS,
             "temperature": 0,
-            "logprobs": 0,
+            "logprobs": 5,
             "ignore_eos": True,
             "return_tokens_as_token_ids": True,
         },
@@ -49,7 +56,11 @@ def greedy(client: httpx.Client, model: str, prompt: str) -> tuple[list[int], li
     r.raise_for_status()
     lp = r.json()["choices"][0]["logprobs"]
     ids = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
-    return ids, [float(x) for x in lp["token_logprobs"]]
+    tops = [
+        {int(t.removeprefix("token_id:")): float(v) for t, v in (top or {}).items()}
+        for top in lp["top_logprobs"]
+    ]
+    return ids, [float(x) for x in lp["token_logprobs"]], tops
 
 
 def run(
@@ -68,17 +79,18 @@ def run(
     identical_tokens = 0
     for prompt, results in runs.items():
         first_ids = results[0][0]
-        same = all(ids == first_ids for ids, _ in results)
-        in_vocab = all(0 <= t < VOCAB for ids, _ in results for t in ids)
-        complete = all(len(ids) == TOKENS for ids, _ in results)
+        same = all(r[0] == first_ids for r in results)
+        in_vocab = all(0 <= t < VOCAB for r in results for t in r[0])
+        complete = all(len(r[0]) == TOKENS for r in results)
         ok &= same and in_vocab and complete
-        identical_tokens += sum(len(ids) for ids, _ in results) if same else 0
+        identical_tokens += sum(len(r[0]) for r in results) if same else 0
         report["prompts"][prompt] = {"identical": same, "in_vocab": in_vocab, "tokens": first_ids}
     report["determinism"] = f"{identical_tokens}/{len(PROMPTS) * TOKENS * RUNS} tokens identical"
     if write_reference is not None:
         write_reference.write_text(
             json.dumps(
-                {p: {"tokens": r[0][0], "logprobs": r[0][1]} for p, r in runs.items()}, indent=1
+                {p: {"tokens": r[0][0], "logprobs": r[0][1]} for p, r in runs.items()},
+                indent=1,
             )
             + "\n"
         )
@@ -86,23 +98,36 @@ def run(
         ref = json.loads(reference.read_text())
         agree = total = 0
         max_diff = 0.0
+        ties: dict[str, int] = {}
+        wrong: dict[str, int] = {}
         for prompt, results in runs.items():
-            ids, lps = results[0]
+            ids, lps, tops = results[0]
             want = ref[prompt]
-            total += len(want["tokens"])
-            for got_id, got_lp, ref_id, ref_lp in zip(
-                ids, lps, want["tokens"], want["logprobs"], strict=False
+            compared = 0
+            for pos, (got_id, got_lp, ref_id, ref_lp) in enumerate(
+                zip(ids, lps, want["tokens"], want["logprobs"], strict=False)
             ):
                 if got_id != ref_id:
+                    ref_here = tops[pos].get(ref_id)
+                    near = ref_here is not None and got_lp - ref_here <= tolerance
+                    if near and abs(ref_here - ref_lp) <= tolerance:  # type: ignore[operator]
+                        ties[prompt] = pos
+                    else:
+                        wrong[prompt] = pos
                     break  # after a divergence the contexts differ: stop comparing
-                agree += 1
+                compared += 1
                 max_diff = max(max_diff, abs(got_lp - ref_lp))
+            agree += compared
+            total += compared if prompt in ties else len(want["tokens"])
         report["reference"] = {
             "file": str(reference),
             "tokens_agreeing": f"{agree}/{total}",
             "max_logprob_diff": max_diff,
+            # prompt -> position where a near-tie went the other way (not a failure)
+            "tie_divergences": ties,
+            "disagreements": wrong,
         }
-        ok &= agree == total and max_diff <= tolerance
+        ok &= not wrong and agree == total and max_diff <= tolerance
     report["passed"] = ok
     return ok, report
 

@@ -3,11 +3,6 @@ per test session, started through the CLI exactly as a user runs it."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +10,26 @@ import httpx
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_DIR = ROOT / ".cache" / "models" / "tiny-mobilellama"
-MODEL_NAME = "tiny-mobilellama"
-STARTUP_TIMEOUT = 300.0
+from tests.support.gateway import (
+    API_KEY,
+    MODEL_DIR,
+    Gateway,
+    start_gateway,
+    stop_gateway,
+)
+
+# Tests under these folders, or using these fixtures, start real gateways
+# (the vLLM engine): marked `engine`, so `pytest -m "not engine"` is the
+# fast suite.
+_ENGINE_DIRS = ("api", "lifecycle")
+_ENGINE_FIXTURES = {"gateway", "secured", "client", "http", "strict"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.parent.name in _ENGINE_DIRS or fixtures & _ENGINE_FIXTURES:
+            item.add_marker(pytest.mark.engine)
 
 
 @pytest.fixture(scope="session")
@@ -41,69 +46,12 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
-class Gateway:
-    def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path):
-        self.url = url
-        self.proc = proc
-        self.log = log
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def spawn_gateway(
-    model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None
-) -> Gateway:
-    """Start the CLI as Kubernetes would; do not wait for anything."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), *args]
-    full_env = {**os.environ, **(env or {})}
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    return Gateway(f"http://127.0.0.1:{port}", proc, log)
-
-
-def wait_ready(gw: Gateway, timeout: float = STARTUP_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {gw.proc.returncode}:\n{gw.logs()[-4000:]}")
-        try:
-            if httpx.get(f"{gw.url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    gw.proc.kill()
-    raise RuntimeError(f"gateway not ready after {timeout}s:\n{gw.logs()[-4000:]}")
-
-
-def start_gateway(
-    model_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None
-) -> Gateway:
-    gw = spawn_gateway(model_dir, log, *args, env=env)
-    wait_ready(gw)
-    return gw
-
-
-def stop_gateway(gw: Gateway) -> None:
-    gw.proc.terminate()
-    try:
-        gw.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        gw.proc.kill()
-        gw.proc.wait()
-
-
 @pytest.fixture(scope="session")
 def gateway(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     gw = start_gateway(model_dir, log)
     yield gw
     stop_gateway(gw)
-
-
-API_KEY = "sk-test-Key-1"
 
 
 @pytest.fixture(scope="session")

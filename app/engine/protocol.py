@@ -7,7 +7,7 @@ fake engine in unit tests only has to provide the same attributes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,8 +99,9 @@ class Engine(Protocol):
 
     def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[RequestOutput]:
-        """Outputs for one prompt. Raises app.errors types; cancelling it aborts the request."""
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Outputs for one prompt. Raises app.errors types; closing or
+        cancelling it aborts the request."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -25,7 +25,8 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -134,12 +135,14 @@ class VllmEngine:
 
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
             stream = self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id)
-            async for output in stream:
-                yield cast(RequestOutput, output)
+            # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
+            async with aclosing(stream):
+                async for output in stream:
+                    yield cast(RequestOutput, output)
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
         except _CLIENT_ERRORS as exc:

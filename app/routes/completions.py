@@ -6,7 +6,7 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import ServiceDep
+from app.deps import ServiceDep, SettingsDep
 from app.schemas import CompletionRequest
 from app.streaming import StreamResponse
 from app.utils import json_response
@@ -42,7 +42,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, service: ServiceDep, request: Request
+    body: CompletionRequest, service: ServiceDep, settings: SettingsDep, request: Request
 ) -> Response:
     """Create a completion (OpenAI-compatible; `stream: true` for SSE)."""
     prep = await service.prepare(body)
@@ -51,7 +51,7 @@ async def create_completion(
         chunks = await _unless_disconnected(request, service.open_stream(prep))
         if chunks is None:
             return Response(status_code=CLIENT_CLOSED)
-        return StreamResponse(chunks, prep.headers(), service.settings.sse_keepalive)
+        return StreamResponse(chunks, prep.headers(), settings.sse_keepalive)
     result = await _unless_disconnected(request, service.complete(prep))
     if result is None:
         return Response(status_code=CLIENT_CLOSED)

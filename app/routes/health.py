@@ -8,38 +8,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
-from app.deps import SupervisorDep
-from app.lifecycle import Phase, Supervisor
+from app.deps import LifecycleDep, StatusDep
+from app.endpoints import PROBE
+from app.lifecycle import Phase
 from app.utils import json_response
 
-router = APIRouter()
+router = APIRouter(tags=[PROBE])
 
 
-def _answer(supervisor: Supervisor, ok: bool) -> Response:
-    return json_response(supervisor.status(), status_code=200 if ok else 503)
+def _answer(status: dict[str, Any], ok: bool) -> Response:
+    return json_response(status, status_code=200 if ok else 503)
 
 
 @router.get("/health/live", response_model=None)
-async def live(supervisor: SupervisorDep) -> Response:
+async def live(status: StatusDep, lifecycle: LifecycleDep) -> Response:
     """200 unless the gateway has failed."""
-    return _answer(supervisor, supervisor.lifecycle.phase is not Phase.FAILED)
+    return _answer(status, lifecycle.phase is not Phase.FAILED)
 
 
 @router.get("/health/startup", response_model=None)
-async def startup(supervisor: SupervisorDep) -> Response:
+async def startup(status: StatusDep, lifecycle: LifecycleDep) -> Response:
     """200 once the engine has been ready at least once."""
-    return _answer(supervisor, supervisor.lifecycle.has_been_ready)
+    return _answer(status, lifecycle.has_been_ready)
 
 
 @router.get("/health/ready", response_model=None)
-async def ready(supervisor: SupervisorDep) -> Response:
+async def ready(status: StatusDep, lifecycle: LifecycleDep) -> Response:
     """200 only while requests are admitted."""
-    return _answer(supervisor, supervisor.lifecycle.phase is Phase.READY)
+    return _answer(status, lifecycle.phase is Phase.READY)
 
 
 @router.get("/health", response_model=None)
-async def health(supervisor: SupervisorDep) -> Response:
+async def health(status: StatusDep, lifecycle: LifecycleDep) -> Response:
     """vLLM-compatible: same as /health/ready."""
-    return _answer(supervisor, supervisor.lifecycle.phase is Phase.READY)
+    return _answer(status, lifecycle.phase is Phase.READY)

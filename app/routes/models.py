@@ -4,7 +4,8 @@ import time
 
 from fastapi import APIRouter, Response
 
-from app.deps import ServiceDep
+from app.deps import ModelDep
+from app.prepare import ServedModel
 from app.schemas import ModelCard, ModelList
 from app.utils import json_response
 
@@ -12,27 +13,27 @@ router = APIRouter()
 _CREATED = int(time.time())
 
 
-def _card(service: ServiceDep) -> ModelCard:
+def _card(model: ServedModel) -> ModelCard:
     return {
-        "id": service.model_name,
+        "id": model.name,
         "object": "model",
         "created": _CREATED,
         "owned_by": "ascend-llm-gateway",
-        "root": service.model_name,
+        "root": model.name,
         "parent": None,
-        "max_model_len": service.engine.max_model_len,
+        "max_model_len": model.max_model_len,
     }
 
 
 @router.get("/v1/models", response_model=None)
-async def list_models(service: ServiceDep) -> Response:
+async def list_models(model: ModelDep) -> Response:
     """List the served model."""
-    body: ModelList = {"object": "list", "data": [_card(service)]}
+    body: ModelList = {"object": "list", "data": [_card(model)]}
     return json_response(body)
 
 
 @router.get("/v1/models/{model_id:path}", response_model=None)
-async def get_model(model_id: str, service: ServiceDep) -> Response:
+async def get_model(model_id: str, model: ModelDep) -> Response:
     """Describe the served model; 404 for any other id."""
-    service.check_model(model_id)
-    return json_response(_card(service))
+    model.check(model_id)
+    return json_response(_card(model))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.deps import ServiceDep
+from app.deps import ModelDep, TokenizerDep
 from app.errors import InvalidRequest
 from app.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from app.utils import json_response
@@ -11,14 +11,13 @@ router = APIRouter()
 
 
 @router.post("/tokenize", response_model=None)
-async def tokenize(body: TokenizeRequest, service: ServiceDep) -> Response:
+async def tokenize(body: TokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
     """Count and list the tokens of a prompt (vLLM's shape)."""
-    service.check_model(body.model)
-    tokenizer = service.tokenizer
+    model.check(body.model)
     tokens = await tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     result: TokenizeResponse = {
         "count": len(tokens),
-        "max_model_len": service.engine.max_model_len,
+        "max_model_len": model.max_model_len,
         "tokens": tokens,
     }
     if body.return_token_strs:
@@ -27,15 +26,14 @@ async def tokenize(body: TokenizeRequest, service: ServiceDep) -> Response:
 
 
 @router.post("/detokenize", response_model=None)
-async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> Response:
+async def detokenize(body: DetokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
     """Turn token ids back into text (vLLM's shape)."""
-    service.check_model(body.model)
-    if body.tokens and max(body.tokens) >= service.engine.vocab_size:
+    model.check(body.model)
+    if body.tokens and max(body.tokens) >= model.vocab_size:
         raise InvalidRequest(
-            f"Token ids must be below the vocabulary size {service.engine.vocab_size}.",
-            param="tokens",
+            f"Token ids must be below the vocabulary size {model.vocab_size}.", param="tokens"
         )
     result: DetokenizeResponse = {
-        "prompt": await service.tokenizer.decode(body.tokens, skip_special_tokens=False)
+        "prompt": await tokenizer.decode(body.tokens, skip_special_tokens=False)
     }
     return json_response(result)

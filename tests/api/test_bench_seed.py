@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, Gateway
+from tests.support.gateway import ROOT, Gateway
 
 
 def test_bench_seed_quick_measures_the_card_shapes(gateway: Gateway) -> None:

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.api.sse import data_events
-from tests.conftest import MODEL_NAME
+from tests.support.gateway import MODEL_NAME
+from tests.support.sse import data_events
 
 PROMPT = "The capital of France is"
 PROMPT_IDS = [1, 450, 7483, 310, 3444, 338]
@@ -18,7 +18,7 @@ PROMPT_IDS = [1, 450, 7483, 310, 3444, 338]
 
 def greedy(client: openai.OpenAI, prompt: str | list[int] = PROMPT, **kw: object) -> str:
     kw.setdefault("max_tokens", 16)
-    out = client.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, **kw)  # type: ignore[arg-type]
+    out = client.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, **kw)  # type: ignore[call-overload]
     return out.choices[0].text
 
 
@@ -273,7 +273,7 @@ def test_echo_logprobs_reach_every_sampled_choice(client: openai.OpenAI, stream:
             logprobs=1,
             stream=stream,
         )
-        choices = [c for chunk in out for c in chunk.choices] if stream else out.choices
+        choices = [c for chunk in out for c in chunk.choices] if stream else out.choices  # type: ignore[union-attr]
         firsts = {}
         for c in choices:
             if c.index not in firsts:

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_NAME
+from tests.support.gateway import MODEL_NAME
 
 LIMIT = 2048
 HEADER = "x-truncated-prompt-tokens"

@@ -4,7 +4,6 @@ queue receives keep-alive comments until it gets its place."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_disconnect import metric, wait_running_zero
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.metrics import metric, scrape, wait_running_zero
 
 TIMEOUT = 4.0  # seconds; the tiny model needs far longer for LONG
 LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
@@ -61,9 +60,12 @@ def test_non_stream_deadline_is_504_and_aborts_the_engine(timed: httpx.Client) -
 
 def stream_timeouts(http: httpx.Client) -> float:
     """gateway_stream_errors_total{type="timeout_error"}, 0 before the first."""
-    pattern = r'^gateway_stream_errors_total\{[^}]*type="timeout_error"[^}]*\} (\S+)$'
-    match = re.search(pattern, http.get("/metrics").text, re.M)
-    return float(match.group(1)) if match else 0.0
+    samples = scrape(http)
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "gateway_stream_errors_total" and ("type", "timeout_error") in labels
+    )
 
 
 def test_stream_deadline_ends_with_an_error_event_and_done(timed: httpx.Client) -> None:

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import httpx
 import openai
 
-from tests.conftest import MODEL_NAME, Gateway
+from tests.support.gateway import MODEL_NAME, Gateway
+from tests.support.metrics import metric, wait_running_zero
 
 LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
-
-
-def metric(http: httpx.Client, name: str) -> float:
-    """The value of a single-series metric on the server's /metrics."""
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", http.get("/metrics").text, re.M)
-    assert match, f"{name} not exported"
-    return float(match.group(1))
 
 
 def client_aborts(http: httpx.Client) -> float:
@@ -27,13 +20,6 @@ def client_aborts(http: httpx.Client) -> float:
 
 def engine_running(http: httpx.Client) -> float:
     return metric(http, "vllm:num_requests_running")
-
-
-def wait_running_zero(http: httpx.Client, within: float = 2.0) -> float:
-    deadline = time.monotonic() + within
-    while (n := engine_running(http)) > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return n
 
 
 def test_cancelled_streams_are_aborted(

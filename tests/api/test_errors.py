@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_NAME
+from tests.support.gateway import MODEL_NAME
 
 SECRET = "SENTINEL-3b9f"  # must never come back in an error body
 

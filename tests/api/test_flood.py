@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, start_gateway, stop_gateway
+from tests.support.gateway import ROOT, start_gateway, stop_gateway
 
 INFLIGHT, QUEUE = 128, 256
 

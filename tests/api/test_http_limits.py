@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Gateway
+from tests.support.gateway import ROOT, Gateway
 
 SLOWHTTPTEST = ROOT / ".cache" / "slowhttptest" / "usr" / "bin" / "slowhttptest"
 

@@ -7,7 +7,8 @@ import threading
 import httpx
 import openai
 
-from tests.conftest import API_KEY, MODEL_NAME, Gateway
+from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
+from tests.support.metrics import scrape, value
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -43,11 +44,13 @@ def test_admission_serves_inflight_plus_queue_and_refuses_the_rest(secured: Gate
     for r in refused:
         assert r.headers["retry-after"].isdigit()
         assert r.json()["error"]["type"] == "overloaded_error"
-    metrics = httpx.get(f"{secured.url}/metrics").text
-    assert (
-        'gateway_rejected_requests_total{model="tiny-mobilellama",reason="overloaded"} 6.0'
-        in metrics
+    rejected = value(
+        scrape(secured.url),
+        "gateway_rejected_requests_total",
+        model=MODEL_NAME,
+        reason="overloaded",
     )
+    assert rejected == 6.0
 
 
 def test_sdk_retries_honour_retry_after_and_succeed(secured: Gateway) -> None:
@@ -133,7 +136,7 @@ def test_cors_lets_a_browser_use_the_openai_sdk(secured: Gateway) -> None:
     sent: list[str] = []
     hook = {"request": [lambda req: sent.extend(req.headers.keys())]}
     with httpx.Client(event_hooks=hook) as http_client:
-        sdk = openai.OpenAI(base_url=f"{secured.url}/v1", api_key=API_KEY, http_client=http_client)
+        sdk = openai.OpenAI(base_url=f"{secured.url}/v1", api_key=API_KEY, http_client=http_client)  # type: ignore[arg-type]
         sdk.completions.create(model=MODEL_NAME, prompt="x", max_tokens=1)
     # What a browser would ask before sending them (the CORS-safelisted ones aside).
     asked = sorted({h for h in sent if h not in {"accept", "host", "content-length"}})

@@ -15,28 +15,19 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL_NAME, ROOT, Gateway, free_port
+from tests.support.gateway import MODEL_NAME, ROOT, Gateway, free_port
+from tests.support.metrics import Samples, scrape
+from tests.support.metrics import value as support_value
 
 PROMETHEUS = ROOT / ".cache" / "prometheus" / "usr" / "bin"
 M = {"model": MODEL_NAME}
 
 
-def scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = http.get("/metrics")
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return support_value(samples, name, **{**M, **labels})
 
 
-def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
-    return samples.get((name, tuple(sorted({**M, **labels}.items()))), 0.0)  # type: ignore[no-any-return]
-
-
-def delta(before: dict, after: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 

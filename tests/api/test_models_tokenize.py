@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from tests.conftest import MODEL_NAME
+from tests.support.gateway import MODEL_NAME
 
 
 def test_models_lists_the_served_model_with_its_limit(

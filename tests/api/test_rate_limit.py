@@ -3,7 +3,6 @@ SDK's RateLimitError); other keys, probes and /metrics are not affected."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_NAME, Gateway, start_gateway, stop_gateway
+from tests.support.gateway import MODEL_NAME, Gateway, start_gateway, stop_gateway
+from tests.support.metrics import scrape, value
 
 KEY_A, KEY_B = "sk-rate-a", "sk-rate-b"
 
@@ -69,9 +69,11 @@ def test_key_over_its_rate_gets_429_and_recovers(limited: Gateway) -> None:
     # Another key, the probes and the metrics are not limited.
     assert tokenize(limited.url, KEY_B).status_code == 200
     assert httpx.get(f"{limited.url}/health/live").status_code == 200
-    metrics = httpx.get(f"{limited.url}/metrics").text
-    m = re.search(r'gateway_rejected_requests_total\{[^}]*reason="rate_limited"\} (\S+)', metrics)
-    assert m and float(m.group(1)) >= 2.0
+    samples = scrape(limited.url)
+    rejected = value(
+        samples, "gateway_rejected_requests_total", model=MODEL_NAME, reason="rate_limited"
+    )
+    assert rejected >= 2.0
 
     time.sleep(1.1)  # a token back
     assert tokenize(limited.url, KEY_A).status_code == 200

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.gateway import ROOT
 
 HELM = ROOT / ".cache" / "bin" / "helm"
 CHART = ROOT / "deploy" / "helm" / "ascend-llm-gateway"

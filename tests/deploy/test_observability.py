@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.gateway import ROOT
 
 PROMTOOL = ROOT / ".cache" / "prometheus" / "usr" / "bin" / "promtool"
 DEPLOY = ROOT / "deploy"

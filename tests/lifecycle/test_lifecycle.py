@@ -10,26 +10,19 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from tests.conftest import Gateway, spawn_gateway, wait_ready
+from tests.support.gateway import (
+    assert_no_orphans,
+    engine_processes,
+    spawn_gateway,
+    stream_events,
+    wait_exit,
+    wait_failed,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.engine
-
-
-def stream_events(url: str, body: dict, started: threading.Event | None = None) -> list[str]:  # type: ignore[type-arg]
-    events: list[str] = []
-    with httpx.stream(
-        "POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=120
-    ) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(line[5:].strip())
-                if started is not None:
-                    started.set()
-    return events
 
 
 def finish_reason(events: list[str]) -> str | None:
@@ -39,38 +32,6 @@ def finish_reason(events: list[str]) -> str | None:
         if json.loads(e).get("choices")
     ]
     return reasons[-1] if reasons else None
-
-
-def engine_processes(gw: Gateway) -> list[psutil.Process]:
-    return psutil.Process(gw.proc.pid).children(recursive=True)
-
-
-def wait_exit(gw: Gateway, timeout: float = 90) -> int:
-    return gw.proc.wait(timeout=timeout)
-
-
-def wait_failed(gw: Gateway, within: float) -> dict:  # type: ignore[type-arg]
-    """Poll /health/live until it reports failure (503); return its JSON."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            r = httpx.get(f"{gw.url}/health/live", timeout=2)
-            if r.status_code == 503:
-                return r.json()  # type: ignore[no-any-return]
-        except httpx.TransportError:
-            pass
-        assert gw.proc.poll() is None, gw.logs()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-
-
-def assert_no_orphans(procs: list[psutil.Process]) -> None:
-    deadline = time.monotonic() + 10
-    alive = procs
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.1)
-    assert not alive, f"orphan engine processes: {alive}"
 
 
 def test_answers_while_loading_then_drains_on_sigterm(model_dir: Path, tmp_path: Path) -> None:
@@ -207,18 +168,6 @@ def test_bad_model_path_fails_with_a_reason(tmp_path: Path) -> None:
         assert "Traceback" not in snap["error"]
         assert wait_exit(gw, 30) != 0
         assert "no-such-model" in gw.logs()
-    finally:
-        if gw.proc.poll() is None:
-            gw.proc.kill()
-
-
-def test_npu_without_torch_npu_fails_preflight_with_advice(model_dir: Path, tmp_path: Path) -> None:
-    gw = spawn_gateway(model_dir, tmp_path / "gw.log", "--device", "npu", "--exit-grace", "5")
-    try:
-        error = wait_failed(gw, 120)["error"]
-        assert "PreflightError" in error and "torch_npu cannot be imported" in error
-        assert "GATEWAY_DEVICE=cpu" in error
-        assert wait_exit(gw, 30) != 0
     finally:
         if gw.proc.poll() is None:
             gw.proc.kill()

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from app.config import DEVICE_PROFILES, Settings
-from tests.conftest import ROOT
+from tests.support.gateway import ROOT
 
 
 def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +72,7 @@ def test_console_script_is_the_cli() -> None:
         assert "--max-model-len" in out and "--truncation" in out
 
 
+@pytest.mark.engine  # imports vLLM (~13 s)
 def test_auto_device_is_cpu_without_torch_npu() -> None:
     pytest.importorskip("vllm")
     from app.engine.vllm import resolve_device

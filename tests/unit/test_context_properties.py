@@ -53,14 +53,21 @@ def test_error_policy_refuses_exactly_what_does_not_fit(ids: list[int], max_tok:
 
 
 @given(prompts, st.integers(1, LIMIT - 1), st.integers(1, 3000))
-def test_truncate_prompt_tokens_applies_under_either_policy(
+def test_truncate_prompt_tokens_applies_first_under_the_error_policy(
     ids: list[int], max_tok: int, trunc: int
 ) -> None:
-    # Under `error`, a prompt that fits the context is still cut to truncate_to.
-    if len(ids) + max_tok > LIMIT:
+    # The client's own truncation applies before the policy looks: a prompt
+    # it brings within the limit is served, cut to truncate_to; only one
+    # still too long after it is refused.
+    cut = min(len(ids), trunc)
+    if cut + max_tok > LIMIT:
+        with pytest.raises(ContextLengthExceeded) as exc:
+            fit_prompt(ids, max_tok, LIMIT, policy="error", truncate_to=trunc, bos=BOS)
+        assert str(cut + max_tok) in exc.value.message
         return
     kept = fit_prompt(ids, max_tok, LIMIT, policy="error", truncate_to=trunc, bos=BOS)
-    assert len(kept) == min(len(ids), trunc)
+    assert len(kept) == cut
+    assert kept == fit_prompt(ids, max_tok, LIMIT, policy="left", truncate_to=trunc, bos=BOS)
 
 
 @given(st.integers(1, 10_000))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.gateway import ROOT
 
 
 def test_tokenizer_gives_llama_ids(tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import pytest
 
 from app.engine.protocol import SamplingOptions
 from app.warmup import batch_sizes, warm_up
-from tests.unit.fake_engine import FakeEngine, Out, ReqOut
+from tests.support.fake_engine import FakeEngine, Out, ReqOut
 
 
 async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.protocol import SamplingOptions
+
+
+@dataclass
+class Lp:
+    """vLLM's Logprob: the value and the token's text."""
+
+    logprob: float
+    decoded_token: str | None = None
+
+
+Position = dict[int, Lp]
 
 
 @dataclass
@@ -16,7 +27,7 @@ class Out:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: list[Position] | None = None
     cumulative_logprob: float | None = None
 
 
@@ -24,7 +35,7 @@ class Out:
 class ReqOut:
     outputs: list[Out]
     finished: bool = False
-    prompt_logprobs: None = None
+    prompt_logprobs: list[Position | None] | None = None
 
 
 class CharTokenizer:
@@ -57,7 +68,7 @@ class FakeEngine:
 
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[ReqOut]:
+    ) -> AsyncGenerator[ReqOut, None]:
         try:
             async for out in self.script(prompt_token_ids, options):
                 yield out

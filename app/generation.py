@@ -1,0 +1,249 @@
+"""One request's run in the engine, as one object: its admission place, its
+deadline, its prompts' engine requests fanned into one sequence of outputs,
+and, however it ends, the abort of what is unfinished and the place given back.
+
+    generation = runner.open(prep)      # admission decided now (or Overloaded)
+    async with generation:
+        async for prompt_index, output in generation:
+            ...
+
+A deadline that passes becomes `RequestTimeout` here, counted once; a
+generation closed before its outputs ended, without an error or timeout,
+is a client that went away, counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from types import TracebackType
+
+from app.admission import Admission, Place
+from app.engine.protocol import Engine, RequestOutput
+from app.errors import GatewayError, RequestTimeout
+from app.metrics import Metrics
+from app.prepare import PreparedCompletion, PreparedPrompt
+
+Tagged = tuple[int, RequestOutput]  # (prompt index, engine output)
+
+
+class Runner:
+    """Opens generations; knows every engine request in flight (for drain)."""
+
+    def __init__(
+        self, engine: Engine, admission: Admission, metrics: Metrics, timeout: float | None
+    ):
+        self.engine = engine
+        self.admission = admission
+        self.metrics = metrics
+        self.timeout = timeout
+        self.active: set[str] = set()  # engine request ids in flight
+        self.generations: set[Generation] = set()  # admitted, not yet closed
+        self.broken: GatewayError | None = None  # set once: every generation ends with it
+
+    def open(self, prep: PreparedCompletion) -> Generation:
+        """Admit now: a running or queued place, or Overloaded (503)."""
+        if self.broken is not None:
+            raise self.broken
+        generation = Generation(self, prep, self.admission.enter(prep.prompt_tokens))
+        self.generations.add(generation)
+        return generation
+
+    def break_all(self, error: GatewayError) -> None:
+        """End every generation with `error` now, whatever it is waiting for
+        (a hung engine sends nothing more): its deadline is moved to now."""
+        self.broken = error
+        for generation in list(self.generations):
+            generation.interrupt()
+
+    async def abort_all(self) -> None:
+        """Abort every engine request in flight (drain timeout)."""
+        for request_id in list(self.active):
+            await self.engine.abort(request_id)
+
+    def timed_out(self) -> RequestTimeout:
+        self.metrics.timeouts.inc()
+        assert self.timeout is not None
+        return RequestTimeout(
+            f"The request did not finish within {self.timeout:g} seconds "
+            "(GATEWAY_REQUEST_TIMEOUT); its generation was stopped."
+        )
+
+
+class Generation:
+    __slots__ = (
+        "_closed",
+        "_first",
+        "_source",
+        "_timeout",
+        "failed",
+        "finished",
+        "place",
+        "prep",
+        "runner",
+    )
+
+    def __init__(self, runner: Runner, prep: PreparedCompletion, place: Place):
+        self.runner = runner
+        self.prep = prep
+        self.place = place
+        self.finished = False  # every output has arrived
+        self.failed = False  # ended by an error or the deadline
+        self._source: AsyncGenerator[Tagged, None] | None = None
+        self._first: Tagged | None = None
+        self._closed = False
+        self._timeout: asyncio.Timeout | None = None  # the deadline being waited under
+
+    @property
+    def queued(self) -> bool:
+        return self.place.queued
+
+    async def start(self) -> None:
+        """Wait for a running place, submit, and wait for the first output, so
+        that errors the engine raises on admission come before any answer."""
+        try:
+            if self.runner.broken is not None:
+                raise TimeoutError  # told apart from the deadline in _failed
+            async with asyncio.timeout_at(self.prep.deadline) as self._timeout:
+                await self.place.wait()
+                self._source = self._fan_in()
+                try:
+                    self._first = await anext(self._source)
+                except StopAsyncIteration:
+                    self.finished = True
+        except Exception as exc:
+            error = self._failed(exc)
+            if error is exc:
+                raise
+            raise error from None
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Tagged:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._source is None:
+            if self.finished or self._closed:
+                raise StopAsyncIteration
+            await self.start()  # it was queued
+            return await self.__anext__()
+        try:
+            if self.runner.broken is not None:
+                raise TimeoutError  # told apart from the deadline in _failed
+            async with asyncio.timeout_at(self.prep.deadline) as self._timeout:
+                return await anext(self._source)
+        except StopAsyncIteration:
+            self.finished = True
+            raise
+        except Exception as exc:
+            error = self._failed(exc)
+            if error is exc:
+                raise
+            raise error from None
+
+    def _failed(self, exc: Exception) -> Exception:
+        """What to raise for `exc`: the deadline's RequestTimeout (counted
+        once), or `exc` itself; either way the generation has failed."""
+        self.failed = True
+        if not isinstance(exc, TimeoutError):
+            return exc
+        broken = self.runner.broken
+        return broken if broken is not None else self.runner.timed_out()
+
+    def interrupt(self) -> None:
+        """Make the current wait end now (as if its deadline had passed)."""
+        timeout = self._timeout
+        if timeout is None or timeout.expired():
+            return
+        # Between waits (the consumer is busy) it has exited: the next wait
+        # sees `runner.broken` before it starts.
+        with contextlib.suppress(RuntimeError):
+            timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def close(self) -> None:
+        """Abort what is unfinished and give the place back; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.runner.generations.discard(self)
+        if not self.finished and not self.failed:
+            self.runner.metrics.client_aborts.inc()  # the client went away
+        try:
+            if self._source is not None:
+                await self._source.aclose()
+        finally:
+            self.place.release()
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the engine requests ------------------------------------------------
+
+    def _fan_in(self) -> AsyncGenerator[Tagged, None]:
+        prompts = self.prep.prompts
+        if len(prompts) == 1:
+            return self._run(0, prompts[0], self.prep.request_id)
+        return self._merged(prompts)
+
+    async def _run(
+        self, index: int, prompt: PreparedPrompt, request_id: str
+    ) -> AsyncGenerator[Tagged, None]:
+        """One engine request, tracked for drain and counted once it is accepted."""
+        runner = self.runner
+        runner.active.add(request_id)
+        try:
+            counted = False
+            # Closed here and now when we are (its abort runs at once, not
+            # whenever the garbage collector finalises it).
+            gen = runner.engine.generate(prompt.token_ids, self.prep.options, request_id)
+            async with aclosing(gen):
+                async for out in gen:
+                    if not counted:
+                        runner.metrics.prompt_tokens.inc(len(prompt.token_ids))
+                        counted = True
+                    yield index, out
+        finally:
+            runner.active.discard(request_id)
+
+    async def _merged(self, prompts: list[PreparedPrompt]) -> AsyncGenerator[Tagged, None]:
+        """Outputs of every prompt, as they come."""
+        queue: asyncio.Queue[Tagged | Exception | None] = asyncio.Queue()
+        request_id = self.prep.request_id
+
+        async def pump(i: int, prompt: PreparedPrompt) -> None:
+            try:
+                async for item in self._run(i, prompt, f"{request_id}-{i}"):
+                    queue.put_nowait(item)
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            # Cancelling a pump cancels its engine.generate, which aborts the request.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

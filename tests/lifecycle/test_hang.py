@@ -1,0 +1,99 @@
+"""A hung engine, injected for real: SIGSTOP of the engine-core process (alive,
+never answers; SIGCONT would undo it). The progress watchdog must notice,
+end the stream with an engine_error, fail liveness with the reason and exit
+non-zero so Kubernetes restarts the pod; while idle, the canary notices."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.support.gateway import (
+    Gateway,
+    assert_no_orphans,
+    engine_processes,
+    spawn_gateway,
+    stream_events,
+    wait_exit,
+    wait_failed,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.engine
+STALL = 3.0
+
+
+def hung_gateway(model_dir: Path, log: Path, *args: str) -> tuple[Gateway, psutil.Process]:
+    gw = spawn_gateway(
+        model_dir,
+        log,
+        "--warmup",
+        "minimal",
+        "--stall-timeout",
+        str(STALL),
+        "--watchdog-interval",
+        "0.2",
+        "--exit-grace",
+        "2",
+        *args,
+    )
+    wait_ready(gw)
+    core = next(p for p in engine_processes(gw) if "EngineCore" in p.name())
+    return gw, core
+
+
+def test_sigstopped_engine_mid_stream_is_found_hung(model_dir: Path, tmp_path: Path) -> None:
+    gw, core = hung_gateway(model_dir, tmp_path / "gw.log")
+    children = engine_processes(gw)
+    try:
+        started = threading.Event()
+        result: list[list[str]] = []
+        body = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
+        t = threading.Thread(target=lambda: result.append(stream_events(gw.url, body, started)))
+        t.start()
+        assert started.wait(60)
+        core.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        snap = wait_failed(gw, STALL + 10)
+        found_after = time.monotonic() - stopped_at
+        assert "hung" in snap["error"] and "GATEWAY_STALL_TIMEOUT" in snap["error"]
+        assert STALL - 0.5 < found_after < STALL + 5, found_after
+        t.join(30)
+        events = result[0]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert (error["type"], error["code"]) == ("engine_error", "engine_stalled")
+        assert wait_exit(gw, 60) != 0
+        assert_no_orphans(children)
+    finally:
+        for p in engine_processes(gw) if gw.proc.poll() is None else []:
+            p.send_signal(signal.SIGCONT)
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+
+
+def test_sigstopped_engine_while_idle_is_found_by_the_canary(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    gw, core = hung_gateway(model_dir, tmp_path / "gw.log", "--canary-interval", "1")
+    children = engine_processes(gw)
+    try:
+        time.sleep(2.5)  # a canary or two pass while the engine works
+        assert httpx.get(f"{gw.url}/health/live", timeout=5).status_code == 200
+        core.send_signal(signal.SIGSTOP)
+        snap = wait_failed(gw, 1 + STALL + 10)
+        assert "canary" in snap["error"]
+        assert wait_exit(gw, 60) != 0
+        assert_no_orphans(children)
+    finally:
+        for p in engine_processes(gw) if gw.proc.poll() is None else []:
+            p.send_signal(signal.SIGCONT)
+        if gw.proc.poll() is None:
+            gw.proc.kill()

@@ -1,0 +1,121 @@
+"""The progress watchdog on a scripted engine that hangs (the real-fault
+versions, SIGSTOP of the engine core, are in tests/lifecycle): requests end
+with an engine_error, liveness turns 503 with the reason, the process is
+asked to exit; the idle canary finds a hang with no traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.config import Settings
+from app.engine.protocol import SamplingOptions
+from app.main import create_app
+from tests.support.fake_engine import FakeEngine, Out, ReqOut
+from tests.support.metrics import parse, value
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def one_token_then_hang(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+    yield ReqOut([Out(0, "t0", [5])])
+    await asyncio.Event().wait()  # alive, never another output
+
+
+async def hang(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+    await asyncio.Event().wait()
+    yield ReqOut([])  # pragma: no cover
+
+
+async def test_a_hung_engine_ends_requests_and_fails_liveness() -> None:
+    engine = FakeEngine(one_token_then_hang)
+    exits: list[int] = []
+    settings = Settings(
+        served_model_name="fake",
+        warmup="none",
+        watchdog_interval=0.05,
+        stall_timeout=0.5,
+        exit_grace=0.5,
+    )
+    app = create_app(
+        settings,
+        engine=engine,  # type: ignore[arg-type]
+        on_exit=lambda: exits.append(1),
+        registry=CollectorRegistry(),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            body = {"prompt": "hi", "max_tokens": 10}
+            stream, plain = await asyncio.gather(
+                c.post("/v1/completions", json={**body, "stream": True}),
+                c.post("/v1/completions", json=body),
+            )
+            live = await c.get("/health/live")
+            samples = parse((await c.get("/metrics")).text)
+            assert exits == []  # the grace lets probes read the reason first
+            await asyncio.sleep(0.7)
+            assert exits == [1]
+    events = [e[5:].strip() for e in stream.text.splitlines() if e.startswith("data:")]
+    assert json.loads(events[0])["choices"][0]["text"] == "t0"
+    error = json.loads(events[1])["error"]
+    assert (error["type"], error["code"]) == ("engine_error", "engine_stalled")
+    assert events[2:] == ["[DONE]"]
+    assert plain.status_code == 503 and plain.json()["error"]["code"] == "engine_stalled"
+    assert live.status_code == 503
+    assert "hung" in live.json()["error"] and "GATEWAY_STALL_TIMEOUT" in live.json()["error"]
+    assert value(samples, "gateway_engine_stalls_total", model="fake") == 1
+    labels = {"model": "fake", "type": "engine_error"}
+    assert value(samples, "gateway_stream_errors_total", **labels) == 1
+    assert app.state.supervisor.exit_code == 1
+    assert len(engine.cancelled) == 2  # both engine requests were aborted
+
+
+async def test_the_idle_canary_finds_a_hang_with_no_traffic() -> None:
+    engine = FakeEngine(hang)
+    settings = Settings(
+        served_model_name="fake",
+        warmup="none",
+        watchdog_interval=0.05,
+        stall_timeout=0.3,
+        canary_interval=0.1,
+        exit_grace=5,
+    )
+    app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            assert (await c.get("/health/live")).status_code == 200
+            await asyncio.sleep(0.8)
+            live = await c.get("/health/live")
+    assert live.status_code == 503 and "canary" in live.json()["error"]
+
+
+async def test_a_busy_engine_that_keeps_stepping_is_not_hung() -> None:
+    async def slow(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        for i in range(8):
+            await asyncio.sleep(0.1)
+            app.state.supervisor.watchdog.heartbeat()  # the stat logger, per step
+            yield ReqOut([Out(0, f"t{i}", [5], "length" if i == 7 else None)])
+
+    settings = Settings(
+        served_model_name="fake", warmup="none", watchdog_interval=0.05, stall_timeout=0.3
+    )
+    app = create_app(settings, engine=FakeEngine(slow), registry=CollectorRegistry())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.post("/v1/completions", json={"prompt": "hi"})
+            live = await c.get("/health/live")
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+    assert live.status_code == 200
