@@ -238,3 +238,24 @@ def test_real_prometheus_answers_the_dashboard_queries(
         worker.join(60)
     assert set(found) == set(queries), found
     assert found["occupancy"] <= 1
+
+
+# What the Gateway API Inference Extension's model-server protocol
+# (docs/proposals/003-model-server-protocol, v1.6.0) asks of a vLLM server:
+# the endpoint picker reads these names. LoRA metrics do not apply (no adapters).
+PICKER_METRICS = {
+    "vllm:num_requests_waiting": "gauge",  # TotalQueuedRequests
+    "vllm:num_requests_running": "gauge",  # TotalRunningRequests
+    "vllm:kv_cache_usage_perc": "gauge",  # KVCacheUtilization
+    "vllm:cache_config_info": "gauge",  # BlockSize, NumGPUBlocks (optional)
+}
+
+
+def test_the_endpoint_pickers_metrics_are_exported(http: httpx.Client) -> None:
+    families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    for name, kind_ in PICKER_METRICS.items():
+        assert name in families, name
+        assert families[name].type == kind_, (name, families[name].type)
+        assert families[name].samples, name
+    info = families["vllm:cache_config_info"].samples[0].labels
+    assert int(info["block_size"]) > 0 and int(info["num_gpu_blocks"]) > 0

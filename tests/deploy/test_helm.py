@@ -22,9 +22,13 @@ ALL_ON = [
     "networkPolicy.enabled=true",
     "apiKeys.existingSecret=gateway-keys",
     "model.source=newClaim",
+    "model.initContainer.enabled=true",
+    "model.initContainer.image=registry.example.com/fetch-weights:1",
+    "inferencePool.enabled=true",
+    "inferencePool.endpointPicker.name=mobilellama-epp",
 ]
 K8S_VERSIONS = ["1.25.0", "1.35.0"]
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "InferencePool", "ScaledObject"}
 
 
 def helm(*args: str) -> str:
@@ -89,6 +93,7 @@ def test_all_features_render_every_kind() -> None:
         "ServiceMonitor",
         "PrometheusRule",
         "NetworkPolicy",
+        "InferencePool",
     }
 
 
@@ -104,7 +109,8 @@ def test_probes_point_at_the_lifecycle_endpoints() -> None:
 
 
 @pytest.mark.parametrize(
-    ("load", "capture", "warm", "period"), [(60, 60, 30, 5), (600, 30, 30, 7), (1, 0, 0, 10)]
+    ("load", "capture", "warm", "period"),
+    [(120, 300, 60, 5), (60, 60, 30, 5), (600, 30, 30, 7), (1, 0, 0, 10)],
 )
 def test_startup_probe_budget_covers_load_capture_and_warmup(
     load: int, capture: int, warm: int, period: int

@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_alert_rules_check_and_unit_tests_pass() -> None:
     r = promtool("check", "rules", "rules.yaml", cwd=DEPLOY / "prometheus")
-    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 10 rules found" in r.stdout, r.stdout + r.stderr
     r = promtool("test", "rules", "rules.test.yaml", cwd=DEPLOY / "prometheus")
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
@@ -85,8 +85,16 @@ def test_dashboard_covers_what_sres_need() -> None:
         "gateway_stream_errors_total",
         "gateway_ready",
         "gateway_phase_duration_seconds",
+        "gateway_admission_queued",
+        "gateway_admission_running",
+        "gateway_event_loop_lag_seconds",
+        "gateway_engine_stalls_total",
     ):
         assert metric in text, metric
+    # A heatmap of histogram buckets needs the heatmap format, or Grafana
+    # draws cumulative buckets as time series.
+    heatmaps = [p for p in dash["panels"] if p["type"] == "heatmap"]
+    assert heatmaps and all(t["format"] == "heatmap" for p in heatmaps for t in p["targets"])
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(gateway_time_to_first_token" in text
     names = [v["name"] for v in dash["templating"]["list"]]

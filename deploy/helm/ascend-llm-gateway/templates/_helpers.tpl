@@ -48,3 +48,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "alg.terminationGrace" -}}
 {{- add .Values.drain.preStopSleepSeconds .Values.drain.timeoutSeconds 15 -}}
 {{- end -}}
+
+{{/* Refuse values that render fine but cannot run. */}}
+{{- define "alg.validate" -}}
+{{- $m := .Values.model -}}
+{{- $modes := list -}}
+{{- if eq $m.source "existingClaim" -}}
+{{- $modes = list $m.existingClaim.accessMode -}}
+{{- else if eq $m.source "newClaim" -}}
+{{- $modes = $m.newClaim.accessModes -}}
+{{- if not $m.initContainer.enabled -}}
+{{- fail "model.source=newClaim creates an empty volume: set model.initContainer (enabled, image, command) to fill it with the weights, or use existingClaim / hostPath" -}}
+{{- end -}}
+{{- end -}}
+{{- $single := or (has "ReadWriteOnce" $modes) (has "ReadWriteOncePod" $modes) -}}
+{{- $surge := 0 -}}
+{{- if and (eq .Values.strategy.type "RollingUpdate") .Values.strategy.rollingUpdate -}}
+{{- $surge = .Values.strategy.rollingUpdate.maxSurge | default 0 -}}
+{{- end -}}
+{{- if and $single (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.keda.enabled (ne (toString $surge) "0")) -}}
+{{- fail "the weights claim is ReadWriteOnce: it attaches to one node, so more than one replica, autoscaling or a rollout surge stalls on Multi-Attach. Use a ReadOnlyMany claim (recommended), or replicaCount 1 with strategy maxSurge 0 / maxUnavailable 1" -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled .Values.keda.enabled -}}
+{{- fail "autoscaling.enabled and keda.enabled both scale the Deployment: choose one" -}}
+{{- end -}}
+{{- if and .Values.inferencePool.enabled (not .Values.inferencePool.endpointPicker.name) -}}
+{{- fail "inferencePool.enabled needs inferencePool.endpointPicker.name: the Service of the endpoint picker you installed" -}}
+{{- end -}}
+{{- end -}}
