@@ -42,8 +42,9 @@ $(HELM): scripts/get_helm.sh
 fixture: $(STAMP)
 	$(PY) scripts/build_fixture.py
 
+# Chat through the shipped MobileLLaMA template unless GATEWAY_CHAT_TEMPLATE says otherwise.
 serve: setup
-	$(PY) -m app
+	GATEWAY_CHAT_TEMPLATE=$${GATEWAY_CHAT_TEMPLATE-mobilellama-v1} $(PY) -m app
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -19,6 +19,10 @@ from app.errors import AuthenticationFailed, GatewayError, RateLimited
 from app.ratelimit import RateLimiter
 from app.rejection import Rejections
 
+# The scope key under which an authenticated request carries its key's digest
+# (what app.prepare derives the tenant's prefix-cache salt from).
+TENANT = "gateway.tenant"
+
 
 def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
     """Digests of the configured keys: the list plus one key per line of the file."""
@@ -70,6 +74,7 @@ class ApiKeyAuth:
         if key is None:
             error = AuthenticationFailed("Incorrect or missing API key.")
         elif self.limiter is None or not endpoint.limited:
+            scope[TENANT] = key
             await self.app(scope, receive, send)
             return
         else:
@@ -78,6 +83,7 @@ class ApiKeyAuth:
             except RateLimited as exc:
                 error = exc
             else:
+                scope[TENANT] = key
                 await self.app(scope, receive, send)
                 return
         await self.rejections.send(error, scope, receive, send)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from app.chat_template import SHIPPED
 from app.config import Settings
 from app.engine.preflight import PreflightError, check_npu
 
@@ -84,6 +85,13 @@ def check_environment(settings: Settings, environ: Mapping[str, str]) -> None:
                 "named 'vllm' in the namespace (service links). Set enableServiceLinks: false "
                 "on the pod (the chart does), or rename that Service."
             )
+    template = settings.chat_template
+    if template and not (SHIPPED / f"{template}.jinja").is_file() and not Path(template).is_file():
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.jinja")))
+        lines.append(
+            f"{_names('chat_template')}: no such file, and not a shipped template "
+            f"(shipped: {shipped})."
+        )
     own = model_max_len(Path(settings.model))
     if settings.max_model_len is not None and own is not None and settings.max_model_len > own:
         lines.append(

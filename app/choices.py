@@ -70,6 +70,8 @@ class Delta:
     text: str
     logprobs_start: int  # its new logprob entries start here (Choice.logprobs_from)
     finish_reason: str | None
+    tokens: int  # output tokens it carries
+    first: bool  # the choice's first delta
 
 
 class Choices:
@@ -96,9 +98,9 @@ class Choices:
             if choice is None:
                 # The echoed prompt (text and logprobs) goes out with the first delta.
                 choice = self._choices[key] = self._start(prompt_index, o.index)
-                prefix, lp_start = choice.text, 0
+                prefix, lp_start, first = choice.text, 0, True
             else:
-                prefix = ""
+                prefix, first = "", False
                 lp_start = len(choice.logprobs["tokens"]) if choice.logprobs is not None else 0
             n = len(o.token_ids)
             if n:
@@ -121,7 +123,7 @@ class Choices:
                 text = prefix + text
             new_logprobs = choice.logprobs is not None and len(choice.logprobs["tokens"]) > lp_start
             if text or o.finish_reason is not None or new_logprobs:
-                yield Delta(choice, text, lp_start, o.finish_reason)
+                yield Delta(choice, text, lp_start, o.finish_reason, n, first)
 
     def final(self) -> list[CompletionChoice]:
         """The answer's choices: per prompt, its n samples (the n most likely
@@ -144,12 +146,13 @@ class Choices:
                 )
         return out
 
-    def usage(self) -> Usage:
+    def usage(self, cached_tokens: int) -> Usage:
         prompt_tokens = self.prep.prompt_tokens
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         }
 
     # -- one choice -----------------------------------------------------------

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="Seconds between SSE comment lines on a stream that waits in the "
         "queue or between tokens, so proxies keep it open.",
     )
+    stream_interval: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="At most this many tokens per SSE event after the first (always alone); "
+        "fewer events cost the client and the gateway less CPU. Per request: stream_interval.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="CORS origins allowed (JSON list); none = CORS off."
     )
@@ -161,6 +168,12 @@ class Settings(BaseSettings):
         gt=0,
         description="The pod's terminationGracePeriodSeconds, when known: the drain "
         "timeout must end before it.",
+    )
+
+    chat_template: str | None = Field(
+        None,
+        description="Chat template for /v1/chat/completions: a shipped name (mobilellama-v1) "
+        "or a Jinja file; default: the tokenizer's own, if any.",
     )
 
     # Engine arguments; None means "take the device profile's value, else vLLM's".

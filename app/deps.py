@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
+from app.auth import TENANT
 from app.config import Settings
 from app.errors import Unavailable
 from app.lifecycle import Lifecycle, Phase, Supervisor
@@ -56,6 +57,15 @@ def get_tokenizer(service: ServiceDep) -> AsyncTokenizer:
 
 
 TokenizerDep = Annotated[AsyncTokenizer, Depends(get_tokenizer)]
+
+
+def get_tenant(request: Request) -> bytes | None:
+    """The caller's API key digest when keys are configured, else None."""
+    tenant: bytes | None = request.scope.get(TENANT)
+    return tenant
+
+
+TenantDep = Annotated[bytes | None, Depends(get_tenant)]
 
 
 def get_settings(supervisor: _SupervisorDep) -> Settings:

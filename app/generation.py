@@ -78,6 +78,7 @@ class Generation:
         "_first",
         "_source",
         "_timeout",
+        "cached_tokens",
         "failed",
         "finished",
         "place",
@@ -95,6 +96,7 @@ class Generation:
         self._first: Tagged | None = None
         self._closed = False
         self._timeout: asyncio.Timeout | None = None  # the deadline being waited under
+        self.cached_tokens = 0  # prompt tokens the engine found in its prefix cache
 
     @property
     def queued(self) -> bool:
@@ -205,14 +207,24 @@ class Generation:
         runner.active.add(request_id)
         try:
             counted = False
+            cached: int | None = None
+            prep = self.prep
             # Closed here and now when we are (its abort runs at once, not
             # whenever the garbage collector finalises it).
-            gen = runner.engine.generate(prompt.token_ids, self.prep.options, request_id)
+            gen = runner.engine.generate(
+                prompt.token_ids, prep.options, request_id, cache_salt=prep.cache_salt
+            )
             async with aclosing(gen):
                 async for out in gen:
                     if not counted:
                         runner.metrics.prompt_tokens.inc(len(prompt.token_ids))
                         counted = True
+                    if cached is None:
+                        # vLLM >= 0.2x: prefix-cache hits of this prompt.
+                        cached = getattr(out, "num_cached_tokens", None)
+                        if cached:
+                            self.cached_tokens += cached
+                            runner.metrics.prompt_cached_tokens.inc(cached)
                     yield index, out
         finally:
             runner.active.discard(request_id)

@@ -20,7 +20,7 @@ from app.engine.protocol import Engine
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
 from app.middleware import BodyLimit, InternalErrors, RequestContext
-from app.prepare import TRUNCATED_HEADER
+from app.prepare import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.ratelimit import RateLimiter
 from app.rejection import Rejections, install_error_handlers
 from app.routes import completions, health, info, models, tokenize
@@ -102,7 +102,12 @@ def create_app(
             # cookie), so any request header is as safe as a listed one.
             allow_headers=["*"],
             # What the SDK reads back: its retry timing and the request id.
-            expose_headers=["Retry-After", "X-Request-Id", TRUNCATED_HEADER],
+            expose_headers=[
+                "Retry-After",
+                "X-Request-Id",
+                TRUNCATED_HEADER,
+                TRUNCATED_MESSAGES_HEADER,
+            ],
         )
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.

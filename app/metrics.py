@@ -145,6 +145,10 @@ class Metrics:
         self.prompt_tokens = counter(
             "gateway_prompt_tokens_total", "Prompt tokens sent to the engine (after truncation)."
         )
+        self.prompt_cached_tokens = counter(
+            "gateway_prompt_cached_tokens_total",
+            "Prompt tokens the engine found in its prefix cache (not computed again).",
+        )
         self.generation_tokens = counter(
             "gateway_generation_tokens_total", "Output tokens generated."
         )

@@ -4,6 +4,9 @@ engine calls, no FastAPI."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,10 +16,11 @@ from app.context import check_max_tokens, fit_prompt
 from app.engine.protocol import Engine, SamplingOptions
 from app.errors import InvalidRequest, ModelNotFound
 from app.metrics import Metrics
-from app.schemas import CompletionRequest, Prompt
+from app.schemas import ChatCompletionRequest, CompletionRequest, Prompt
 from app.tokenizer import AsyncTokenizer
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
+TRUNCATED_MESSAGES_HEADER = "x-truncated-messages"
 
 
 @dataclass(slots=True)
@@ -42,6 +46,10 @@ class PreparedCompletion:
     logprobs: int | None  # top-k the client asked for, None for no logprobs
     include_usage: bool
     tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: "token_id:<id>"
+    chat: bool = False  # answered as chat.completion(.chunk)
+    dropped_messages: int = 0  # chat: oldest messages dropped to fit
+    cache_salt: str | None = None  # the engine's prefix-cache partition (app.prepare.salt)
+    stream_interval: int = 1  # at most this many tokens per stream event after the first
 
     @property
     def dropped_tokens(self) -> int:
@@ -52,7 +60,10 @@ class PreparedCompletion:
         return sum(len(p.token_ids) for p in self.prompts)
 
     def headers(self) -> dict[str, str]:
-        return {TRUNCATED_HEADER: str(self.dropped_tokens)}
+        headers = {TRUNCATED_HEADER: str(self.dropped_tokens)}
+        if self.chat:
+            headers[TRUNCATED_MESSAGES_HEADER] = str(self.dropped_messages)
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +91,25 @@ class Preparer:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.model = ServedModel(settings.model_name, engine.max_model_len, engine.vocab_size)
+        # Per process: salts are only compared within this engine's cache.
+        self._salt_key = os.urandom(32)
 
-    async def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+    def cache_salt(self, client_salt: str | None, tenant: bytes | None) -> str | None:
+        """The engine's cache partition. With API keys, a keyed hash of the
+        caller's key (never the key), so one key's cached prefixes never
+        shorten another's prefill; a client's own salt only partitions within
+        its key. Without keys the cache is shared, and a client salt is
+        vLLM's as is."""
+        if tenant is None:
+            return client_salt
+        mac = hmac.new(self._salt_key, tenant, hashlib.sha256)
+        if client_salt is not None:
+            mac.update(b"\0" + client_salt.encode())
+        return mac.hexdigest()
+
+    async def prepare(
+        self, req: CompletionRequest, tenant: bytes | None = None
+    ) -> PreparedCompletion:
         arrival = time.monotonic()
         self.model.check(req.model)
         if req.suffix is not None:
@@ -104,7 +132,7 @@ class Preparer:
             raise InvalidRequest(
                 "truncate_prompt_tokens must be -1 or at least 1.", param="truncate_prompt_tokens"
             )
-        stops = self.stops(req.stop)
+        self.stops(req.stop)
         if (
             isinstance(req.prompt, list)
             and len(req.prompt) > self.settings.max_prompts
@@ -122,25 +150,12 @@ class Preparer:
         sample_logprobs = req.logprobs
         if best_of > req.n and sample_logprobs is None:
             sample_logprobs = 0
-        options = SamplingOptions(
+        options = self.options(
+            req,
             max_tokens=max_tokens,
             n=best_of,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            min_p=req.min_p,
-            seed=req.seed,
-            stop=stops or None,
-            stop_token_ids=req.stop_token_ids,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            repetition_penalty=req.repetition_penalty,
-            logit_bias=self.logit_bias(req.logit_bias),
-            min_tokens=req.min_tokens,
-            ignore_eos=req.ignore_eos,
             logprobs=sample_logprobs,
             prompt_logprobs=req.logprobs if req.echo else None,
-            skip_special_tokens=req.skip_special_tokens,
         )
         prep = PreparedCompletion(
             request_id=f"cmpl-{uuid.uuid4().hex}",
@@ -155,9 +170,42 @@ class Preparer:
             logprobs=req.logprobs,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
             tokens_as_ids=req.return_tokens_as_token_ids,
+            cache_salt=self.cache_salt(req.cache_salt, tenant),
+            stream_interval=req.stream_interval or self.settings.stream_interval,
         )
         self.count_truncation(prep.dropped_tokens)
         return prep
+
+    def options(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        *,
+        max_tokens: int,
+        n: int,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+    ) -> SamplingOptions:
+        """The sampling options both endpoints share, checked."""
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            n=n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            seed=req.seed,
+            stop=self.stops(req.stop) or None,
+            stop_token_ids=req.stop_token_ids,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty,
+            logit_bias=self.logit_bias(req.logit_bias),
+            min_tokens=req.min_tokens,
+            ignore_eos=req.ignore_eos,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=req.skip_special_tokens,
+        )
 
     def count_truncation(self, dropped: int) -> None:
         if dropped:

@@ -69,6 +69,69 @@ class CompletionRequest(_Request):
     skip_special_tokens: bool = True
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     return_tokens_as_token_ids: bool = False
+    cache_salt: Text | None = None
+    stream_interval: int | None = Field(None, ge=1, le=1024)
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: Text
+
+
+class OtherPart(BaseModel):
+    """A content part of another type (image_url, input_audio, file, ...):
+    accepted by the schema so that the refusal can name what is unsupported."""
+
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart | OtherPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, object]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Request):
+    """POST /v1/chat/completions. Defaults follow OpenAI's."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Accepted by the schema, refused by name: a base model has no tool calling
+    # or constrained output here.
+    tools: list[dict[str, object]] | None = None
+    tool_choice: object | None = None
+    functions: list[dict[str, object]] | None = None
+    function_call: object | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, object] | None = None
+    # vLLM extensions.
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[TokenId] | None = None
+    skip_special_tokens: bool = True
+    cache_salt: Text | None = None
+    stream_interval: int | None = Field(None, ge=1, le=1024)
 
 
 class TokenizeRequest(_Request):
@@ -101,10 +164,15 @@ class CompletionChoice(TypedDict):
     finish_reason: str | None
 
 
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
+
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class Completion(TypedDict):

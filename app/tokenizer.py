@@ -26,26 +26,23 @@ class AsyncTokenizer:
         self.sync = tokenizer
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def run(self, fn: Callable[[], T]) -> T:
+        """`fn` on the tokenizer's worker thread (whole-prompt work: encode, render)."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return await self._run(
-            lambda: self.sync.encode(text, add_special_tokens=add_special_tokens)
-        )
+        return await self.run(lambda: self.sync.encode(text, add_special_tokens=add_special_tokens))
 
     async def encode_all(self, texts: list[str]) -> list[list[int]]:
         """Several prompts in one hop to the worker, with BOS as for a completion."""
         if not texts:
             return []
-        return await self._run(
-            lambda: [self.sync.encode(t, add_special_tokens=True) for t in texts]
-        )
+        return await self.run(lambda: [self.sync.encode(t, add_special_tokens=True) for t in texts])
 
     async def decode(self, token_ids: list[int], skip_special_tokens: bool) -> str:
-        return await self._run(
+        return await self.run(
             lambda: self.sync.decode(token_ids, skip_special_tokens=skip_special_tokens)
         )
 
     async def token_strs(self, token_ids: list[int]) -> list[str]:
-        return await self._run(lambda: self.sync.convert_ids_to_tokens(token_ids))
+        return await self.run(lambda: self.sync.convert_ids_to_tokens(token_ids))

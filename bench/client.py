@@ -8,7 +8,8 @@ import io
 from typing import Any
 
 KEEP = (
-    "completed", "failed", "duration", "output_throughput", "request_throughput",
+    "completed", "failed", "duration", "total_output_tokens", "output_throughput",
+    "request_throughput",
     "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms",
     "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
     "mean_itl_ms", "median_itl_ms", "p99_itl_ms",

@@ -44,6 +44,32 @@ def rss_mb(server: Server) -> float:
     return psutil.Process(server.proc.pid).memory_info().rss / 2**20
 
 
+def cpu_seconds(server: Server) -> tuple[float, float]:
+    """(the API process, its engine-core children) user + system CPU seconds so far."""
+    api = psutil.Process(server.proc.pid)
+    times = api.cpu_times()
+    engine = 0.0
+    for child in api.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        engine += t.user + t.system
+    return times.user + times.system, engine
+
+
+def measured(server: Server, c: int) -> dict[str, Any]:
+    """One benchmark run, with the CPU each process spent per 1000 output tokens:
+    the serving layer's own cost, steadier than tok/s on a shared machine."""
+    api0, engine0 = cpu_seconds(server)
+    r = run_serve_benchmark(server.url, NAME, MODEL, c, prompts_for(c))
+    api1, engine1 = cpu_seconds(server)
+    tokens = r.get("total_output_tokens") or r["completed"] * 64
+    r["api_cpu_ms_per_1k_tokens"] = (api1 - api0) * 1e6 / tokens
+    r["engine_cpu_ms_per_1k_tokens"] = (engine1 - engine0) * 1e6 / tokens
+    return r
+
+
 def inprocess(levels: list[int], rounds: int) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
     for _ in range(rounds):
@@ -108,11 +134,12 @@ def main() -> None:
             try:
                 report["startup_seconds"].setdefault(s.name, []).append(round(s.wait_ready(), 1))
                 for c in a.concurrency:
-                    r = run_serve_benchmark(s.url, NAME, MODEL, c, prompts_for(c))
+                    r = measured(s, c)
                     runs[s.name].setdefault(c, []).append(r)
                     print(
                         f"c={c:<3} {s.name:<12} {r['output_throughput']:8.1f} tok/s "
-                        f"ttft {r['median_ttft_ms']:.1f} ms tpot {r['median_tpot_ms']:.2f} ms",
+                        f"ttft {r['median_ttft_ms']:.1f} ms tpot {r['median_tpot_ms']:.2f} ms "
+                        f"api cpu {r['api_cpu_ms_per_1k_tokens']:.0f} ms/1k tok",
                         flush=True,
                     )
                 report["rss_mb"].setdefault(s.name, []).append(round(rss_mb(s), 1))
@@ -130,6 +157,11 @@ def main() -> None:
             row[name] = {k: median_of(by_c[c], k) for k in by_c[c][0] if k != "concurrency"}
         g, v, i = (row[n]["output_throughput"] for n in ("gateway", "vllm-server", "in-process"))
         row["gateway/vllm-server"] = round(g / v, 3)
+        row["api_cpu gateway/vllm-server"] = round(
+            row["gateway"]["api_cpu_ms_per_1k_tokens"]
+            / row["vllm-server"]["api_cpu_ms_per_1k_tokens"],
+            3,
+        )
         row["gateway/in-process"] = round(g / i, 3)
         row["vllm-server/in-process"] = round(v / i, 3)
         table.append(row)
@@ -157,8 +189,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{json.dumps(report['engine_args'])}`",
         "",
         "| c | gateway tok/s | vLLM server tok/s | in-process tok/s | gateway / vLLM | "
-        "gateway / in-process | TTFT p50 gw / vLLM (ms) | TPOT p50 gw / vLLM (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "gateway / in-process | TTFT p50 gw / vLLM (ms) | TPOT p50 gw / vLLM (ms) "
+        "| API-process CPU per 1k output tokens gw / vLLM (ms) | CPU ratio gw / vLLM "
+        "| engine-core CPU per 1k gw / vLLM (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         g, v, i = r["gateway"], r["vllm-server"], r["in-process"]
@@ -167,7 +201,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {i['output_throughput']:.0f} | {r['gateway/vllm-server']:.2f} "
             f"| {r['gateway/in-process']:.2f} "
             f"| {g['median_ttft_ms']:.1f} / {v['median_ttft_ms']:.1f} "
-            f"| {g['median_tpot_ms']:.2f} / {v['median_tpot_ms']:.2f} |"
+            f"| {g['median_tpot_ms']:.2f} / {v['median_tpot_ms']:.2f} "
+            f"| {g['api_cpu_ms_per_1k_tokens']:.0f} / {v['api_cpu_ms_per_1k_tokens']:.0f} "
+            f"| {r['api_cpu gateway/vllm-server']:.2f} "
+            f"| {g['engine_cpu_ms_per_1k_tokens']:.0f} / {v['engine_cpu_ms_per_1k_tokens']:.0f} |"
         )
     if "rss_mb" in report:
         rss = report["rss_mb"]
@@ -191,7 +228,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cs = [r["concurrency"] for r in report["results"]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for name in ("gateway", "vllm-server", "in-process"):
         axes[0].plot(
             cs, [r[name]["output_throughput"] for r in report["results"]], "o-", label=name
@@ -199,8 +236,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for name in ("gateway", "vllm-server"):
         axes[1].plot(cs, [r[name]["median_ttft_ms"] for r in report["results"]], "o-", label=name)
         axes[2].plot(cs, [r[name]["median_tpot_ms"] for r in report["results"]], "o-", label=name)
+        axes[3].plot(
+            cs, [r[name]["api_cpu_ms_per_1k_tokens"] for r in report["results"]], "o-", label=name
+        )
     for ax, title in zip(
-        axes, ("output tokens/s", "median TTFT (ms)", "median TPOT (ms)"), strict=True
+        axes,
+        (
+            "output tokens/s",
+            "median TTFT (ms)",
+            "median TPOT (ms)",
+            "API-process CPU ms per 1k output tokens",
+        ),
+        strict=True,
     ):
         ax.set_xscale("log", base=2)
         ax.set_xticks(cs, [str(c) for c in cs])

@@ -49,7 +49,7 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def gateway(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    gw = start_gateway(model_dir, log)
+    gw = start_gateway(model_dir, log, env={"GATEWAY_CHAT_TEMPLATE": "mobilellama-v1"})
     yield gw
     stop_gateway(gw)
 

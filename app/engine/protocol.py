@@ -98,10 +98,15 @@ class Engine(Protocol):
     def errored(self) -> bool: ...
 
     def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Outputs for one prompt. Raises app.errors types; closing or
-        cancelling it aborts the request."""
+        cancelling it aborts the request. `cache_salt` partitions the prefix
+        cache: prompts with different salts never share cached blocks."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -134,11 +134,18 @@ class VllmEngine:
         return bool(self._llm.errored)
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
-            stream = self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id)
+            prompt: Any = {"prompt_token_ids": prompt_token_ids}
+            if cache_salt is not None:
+                prompt["cache_salt"] = cache_salt
+            stream = self._llm.generate(prompt, params, request_id)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):
                 async for output in stream:

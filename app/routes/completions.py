@@ -6,8 +6,8 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import ServiceDep, SettingsDep
-from app.schemas import CompletionRequest
+from app.deps import ServiceDep, SettingsDep, TenantDep
+from app.schemas import ChatCompletionRequest, CompletionRequest
 from app.streaming import StreamResponse
 from app.utils import json_response
 
@@ -40,12 +40,14 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
         watcher.cancel()
 
 
-@router.post("/v1/completions", response_model=None)
-async def create_completion(
-    body: CompletionRequest, service: ServiceDep, settings: SettingsDep, request: Request
+async def _serve(
+    body: CompletionRequest | ChatCompletionRequest,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    request: Request,
 ) -> Response:
-    """Create a completion (OpenAI-compatible; `stream: true` for SSE)."""
-    prep = await service.prepare(body)
+    prep = await service.prepare(body, tenant)
     if body.stream:
         # SSE notices a disconnect itself and cancels the stream.
         chunks = await _unless_disconnected(request, service.open_stream(prep))
@@ -56,3 +58,27 @@ async def create_completion(
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
     return json_response(result, headers=prep.headers())
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    request: Request,
+) -> Response:
+    """Create a completion (OpenAI-compatible; `stream: true` for SSE)."""
+    return await _serve(body, service, settings, tenant, request)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    request: Request,
+) -> Response:
+    """Create a chat completion with the chat template (OpenAI-compatible; SSE with `stream`)."""
+    return await _serve(body, service, settings, tenant, request)

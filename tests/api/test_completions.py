@@ -349,3 +349,32 @@ def test_wrong_model_is_404(client: openai.OpenAI, stream: bool) -> None:
         client.completions.create(model="gpt-4", prompt="x", max_tokens=1, stream=stream)
     assert err.value.code == "model_not_found"
     assert MODEL_NAME in err.value.message
+
+
+@pytest.mark.parametrize("interval", [1, 4])
+def test_streamed_text_and_token_ids_equal_the_whole_answer(
+    http: httpx.Client, interval: int
+) -> None:
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": 40,
+        "temperature": 0.9,
+        "seed": 11,
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+        "ignore_eos": True,
+        "stream_interval": interval,
+    }
+    whole = http.post("/v1/completions", json=body).json()["choices"][0]
+    r = http.post("/v1/completions", json={**body, "stream": True})
+    chunks = [json.loads(d) for d in data_events(r)[:-1]]
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    ids = [t for c in chunks for t in c["choices"][0]["logprobs"]["tokens"]]
+    assert text == whole["text"]
+    assert ids == whole["logprobs"]["tokens"] and len(ids) == 40
+    if interval == 1:
+        assert len(chunks) >= 30  # about one event per token
+    else:
+        # The first token alone, then at most ~4 per event (merged outputs may bring more).
+        assert len(chunks[0]["choices"][0]["logprobs"]["tokens"]) == 1
+        assert len(chunks) <= 1 + 39 // 4 + 2

@@ -89,6 +89,7 @@ def test_dashboard_covers_what_sres_need() -> None:
         "gateway_admission_running",
         "gateway_event_loop_lag_seconds",
         "gateway_engine_stalls_total",
+        "gateway_prompt_cached_tokens_total",
     ):
         assert metric in text, metric
     # A heatmap of histogram buckets needs the heatmap format, or Grafana

@@ -67,7 +67,11 @@ class FakeEngine:
     capture_sizes: list[int] = field(default_factory=list)
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[ReqOut, None]:
         try:
             async for out in self.script(prompt_token_ids, options):

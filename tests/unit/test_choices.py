@@ -68,7 +68,12 @@ def test_multi_token_deltas_stream_what_the_answer_says() -> None:
     final = acc.final()
     assert streamed == {0: "Hello"} and final[0]["text"] == "Hello"
     assert final[0]["finish_reason"] == "length"
-    assert acc.usage() == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
+    assert acc.usage(2) == {
+        "prompt_tokens": 3,
+        "completion_tokens": 6,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
 
 
 def test_a_delta_with_nothing_new_is_not_sent_but_a_bare_finish_is() -> None:
@@ -138,7 +143,7 @@ def test_best_of_keeps_the_most_likely_and_numbers_them_from_zero() -> None:
     acc, _ = run(prepared(n=2, best_of=3), outs)
     final = acc.final()
     assert [(c["index"], c["text"]) for c in final] == [(0, "high"), (1, "mid")]
-    assert acc.usage()["completion_tokens"] == 3  # every candidate's tokens are counted
+    assert acc.usage(0)["completion_tokens"] == 3  # every candidate's tokens are counted
 
 
 def test_several_prompts_are_numbered_prompt_by_prompt() -> None:
@@ -190,3 +195,29 @@ def _text(m: Metrics) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(m.registry).decode()
+
+
+def test_coalescing_merges_deltas_after_the_first_and_keeps_the_text() -> None:
+    from app.service import _coalesced
+
+    acc = Choices(prepared(logprobs=0), TOK, metrics())
+    feed = _coalesced(acc.feed, 3)
+    outs = [
+        ReqOut([Out(0, c, [70 + i], logprobs=[position(70 + i, -1.0)])])
+        for i, c in enumerate("abcdefg")
+    ]
+    outs.append(ReqOut([Out(0, "h", [90], "length", logprobs=[position(90, -1.0)])]))
+    sent = []
+    for out in outs:
+        for d in feed(0, out):
+            lp = d.choice.logprobs_from(d.logprobs_start)
+            assert lp is not None
+            sent.append((d.text, d.tokens, len(lp["tokens"]), d.finish_reason))
+    # The first alone, then 3 tokens per event, the finish flushes the rest.
+    assert sent == [
+        ("a", 1, 1, None),
+        ("bcd", 3, 3, None),
+        ("efg", 3, 3, None),
+        ("h", 1, 1, "length"),
+    ]
+    assert "".join(t for t, *_ in sent) == acc.final()[0]["text"]
