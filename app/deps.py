@@ -26,7 +26,7 @@ _REFUSALS = {
 }
 
 
-def _supervisor(request: Request) -> Supervisor:
+async def _supervisor(request: Request) -> Supervisor:
     supervisor: Supervisor = request.app.state.supervisor
     return supervisor
 
@@ -34,7 +34,7 @@ def _supervisor(request: Request) -> Supervisor:
 _SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 
 
-def get_service(supervisor: _SupervisorDep) -> CompletionService:
+async def get_service(supervisor: _SupervisorDep) -> CompletionService:
     """The service, or 503 + Retry-After whenever the gateway is not ready."""
     service = supervisor.serving()
     if service is None:
@@ -45,21 +45,21 @@ def get_service(supervisor: _SupervisorDep) -> CompletionService:
 ServiceDep = Annotated[CompletionService, Depends(get_service)]
 
 
-def get_model(service: ServiceDep) -> ServedModel:
+async def get_model(service: ServiceDep) -> ServedModel:
     return service.model
 
 
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 
-def get_tokenizer(service: ServiceDep) -> AsyncTokenizer:
+async def get_tokenizer(service: ServiceDep) -> AsyncTokenizer:
     return service.tokenizer
 
 
 TokenizerDep = Annotated[AsyncTokenizer, Depends(get_tokenizer)]
 
 
-def get_tenant(request: Request) -> bytes | None:
+async def get_tenant(request: Request) -> bytes | None:
     """The caller's API key digest when keys are configured, else None."""
     tenant: bytes | None = request.scope.get(TENANT)
     return tenant
@@ -68,21 +68,21 @@ def get_tenant(request: Request) -> bytes | None:
 TenantDep = Annotated[bytes | None, Depends(get_tenant)]
 
 
-def get_settings(supervisor: _SupervisorDep) -> Settings:
+async def get_settings(supervisor: _SupervisorDep) -> Settings:
     return supervisor.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_lifecycle(supervisor: _SupervisorDep) -> Lifecycle:
+async def get_lifecycle(supervisor: _SupervisorDep) -> Lifecycle:
     return supervisor.lifecycle
 
 
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-def get_status(supervisor: _SupervisorDep) -> dict[str, Any]:
+async def get_status(supervisor: _SupervisorDep) -> dict[str, Any]:
     """The health JSON: phase and timings, graph capture once the engine exists."""
     return supervisor.status()
 
@@ -90,7 +90,7 @@ def get_status(supervisor: _SupervisorDep) -> dict[str, Any]:
 StatusDep = Annotated[dict[str, Any], Depends(get_status)]
 
 
-def get_engine_info(supervisor: _SupervisorDep) -> dict[str, Any] | None:
+async def get_engine_info(supervisor: _SupervisorDep) -> dict[str, Any] | None:
     engine = supervisor.engine
     return engine.info() if engine is not None else None
 
@@ -98,7 +98,7 @@ def get_engine_info(supervisor: _SupervisorDep) -> dict[str, Any] | None:
 EngineInfoDep = Annotated[dict[str, Any] | None, Depends(get_engine_info)]
 
 
-def get_registry(supervisor: _SupervisorDep) -> CollectorRegistry:
+async def get_registry(supervisor: _SupervisorDep) -> CollectorRegistry:
     return supervisor.metrics.registry
 
 

@@ -15,10 +15,10 @@ is a client that went away, counted once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from types import TracebackType
+from typing import Any
 
 from app.admission import Admission, Place
 from app.engine.protocol import Engine, RequestOutput
@@ -74,10 +74,13 @@ class Runner:
 
 class Generation:
     __slots__ = (
+        "_cancelled",
         "_closed",
+        "_expired",
         "_first",
         "_source",
-        "_timeout",
+        "_timer",
+        "_waiter",
         "cached_tokens",
         "failed",
         "finished",
@@ -92,11 +95,17 @@ class Generation:
         self.place = place
         self.finished = False  # every output has arrived
         self.failed = False  # ended by an error or the deadline
+        self.cached_tokens = 0  # prompt tokens the engine found in its prefix cache
         self._source: AsyncGenerator[Tagged, None] | None = None
         self._first: Tagged | None = None
         self._closed = False
-        self._timeout: asyncio.Timeout | None = None  # the deadline being waited under
-        self.cached_tokens = 0  # prompt tokens the engine found in its prefix cache
+        # One timer per request for its deadline (not one per output): when it
+        # fires it cancels the task waiting here, and the wait turns that into
+        # RequestTimeout, as asyncio.timeout does.
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False  # the deadline passed, or the runner broke
+        self._waiter: asyncio.Task[Any] | None = None  # the task waiting on us now
+        self._cancelled: asyncio.Task[Any] | None = None  # the task we cancelled
 
     @property
     def queued(self) -> bool:
@@ -105,21 +114,31 @@ class Generation:
     async def start(self) -> None:
         """Wait for a running place, submit, and wait for the first output, so
         that errors the engine raises on admission come before any answer."""
+        deadline = self.prep.deadline
+        if self._timer is None and deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self.interrupt)
+        if self._expired or self.runner.broken is not None:
+            raise self._failed(TimeoutError()) from None
+        task = self._waiter = asyncio.current_task()
         try:
-            if self.runner.broken is not None:
-                raise TimeoutError  # told apart from the deadline in _failed
-            async with asyncio.timeout_at(self.prep.deadline) as self._timeout:
-                await self.place.wait()
-                self._source = self._fan_in()
-                try:
-                    self._first = await anext(self._source)
-                except StopAsyncIteration:
-                    self.finished = True
+            await self.place.wait()
+            self._source = self._fan_in()
+            try:
+                self._first = await anext(self._source)
+            except StopAsyncIteration:
+                self.finished = True
+        except asyncio.CancelledError:
+            error = self._interrupted(task)
+            if error is None:
+                raise  # not ours: the client left, or the server is stopping
+            raise error from None
         except Exception as exc:
             error = self._failed(exc)
             if error is exc:
                 raise
             raise error from None
+        finally:
+            self._waiter = None
 
     def __aiter__(self) -> Generation:
         return self
@@ -128,28 +147,45 @@ class Generation:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        if self._source is None:
+        source = self._source
+        if source is None:
             if self.finished or self._closed:
                 raise StopAsyncIteration
             await self.start()  # it was queued
             return await self.__anext__()
+        if self._expired:
+            raise self._failed(TimeoutError()) from None
+        task = self._waiter = asyncio.current_task()
         try:
-            if self.runner.broken is not None:
-                raise TimeoutError  # told apart from the deadline in _failed
-            async with asyncio.timeout_at(self.prep.deadline) as self._timeout:
-                return await anext(self._source)
+            return await anext(source)
         except StopAsyncIteration:
             self.finished = True
             raise
+        except asyncio.CancelledError:
+            error = self._interrupted(task)
+            if error is None:
+                raise  # not ours: the client left, or the server is stopping
+            raise error from None
         except Exception as exc:
             error = self._failed(exc)
             if error is exc:
                 raise
             raise error from None
+        finally:
+            self._waiter = None
+
+    def _interrupted(self, task: asyncio.Task[Any] | None) -> Exception | None:
+        """What a cancelled wait raises instead: our own cancellation (the
+        deadline, a broken runner) becomes its error; None for any other."""
+        if self._cancelled is task and task is not None:
+            self._cancelled = None
+            if task.uncancel() == 0:
+                return self._failed(TimeoutError())
+        return None
 
     def _failed(self, exc: Exception) -> Exception:
         """What to raise for `exc`: the deadline's RequestTimeout (counted
-        once), or `exc` itself; either way the generation has failed."""
+        once), the runner's error, or `exc` itself; the generation has failed."""
         self.failed = True
         if not isinstance(exc, TimeoutError):
             return exc
@@ -157,14 +193,13 @@ class Generation:
         return broken if broken is not None else self.runner.timed_out()
 
     def interrupt(self) -> None:
-        """Make the current wait end now (as if its deadline had passed)."""
-        timeout = self._timeout
-        if timeout is None or timeout.expired():
-            return
-        # Between waits (the consumer is busy) it has exited: the next wait
-        # sees `runner.broken` before it starts.
-        with contextlib.suppress(RuntimeError):
-            timeout.reschedule(asyncio.get_running_loop().time())
+        """End the current wait now (the deadline passed, or the engine is
+        hung); a consumer between waits meets it at its next one."""
+        self._expired = True
+        waiter = self._waiter
+        if waiter is not None and self._cancelled is None:
+            self._cancelled = waiter
+            waiter.cancel()
 
     async def close(self) -> None:
         """Abort what is unfinished and give the place back; idempotent."""
@@ -172,6 +207,8 @@ class Generation:
             return
         self._closed = True
         self.runner.generations.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
         if not self.finished and not self.failed:
             self.runner.metrics.client_aborts.inc()  # the client went away
         try:
