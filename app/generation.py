@@ -127,13 +127,8 @@ class Generation:
                 self._first = await anext(self._source)
             except StopAsyncIteration:
                 self.finished = True
-        except asyncio.CancelledError:
-            error = self._interrupted(task)
-            if error is None:
-                raise  # not ours: the client left, or the server is stopping
-            raise error from None
-        except Exception as exc:
-            error = self._failed(exc)
+        except BaseException as exc:
+            error = self._translate(exc, task)
             if error is exc:
                 raise
             raise error from None
@@ -161,27 +156,27 @@ class Generation:
         except StopAsyncIteration:
             self.finished = True
             raise
-        except asyncio.CancelledError:
-            error = self._interrupted(task)
-            if error is None:
-                raise  # not ours: the client left, or the server is stopping
-            raise error from None
-        except Exception as exc:
-            error = self._failed(exc)
+        except BaseException as exc:
+            error = self._translate(exc, task)
             if error is exc:
                 raise
             raise error from None
         finally:
             self._waiter = None
 
-    def _interrupted(self, task: asyncio.Task[Any] | None) -> Exception | None:
-        """What a cancelled wait raises instead: our own cancellation (the
-        deadline, a broken runner) becomes its error; None for any other."""
-        if self._cancelled is task and task is not None:
-            self._cancelled = None
-            if task.uncancel() == 0:
-                return self._failed(TimeoutError())
-        return None
+    def _translate(self, exc: BaseException, task: asyncio.Task[Any] | None) -> BaseException:
+        """What a failed wait raises: our own cancellation (the deadline, a
+        broken runner) becomes its error; any other cancellation (the client
+        left, the server stops) stays one; an engine error marks us failed."""
+        if isinstance(exc, asyncio.CancelledError):
+            if self._cancelled is task and task is not None:
+                self._cancelled = None
+                if task.uncancel() == 0:
+                    return self._failed(TimeoutError())
+            return exc
+        if isinstance(exc, Exception):
+            return self._failed(exc)
+        return exc
 
     def _failed(self, exc: Exception) -> Exception:
         """What to raise for `exc`: the deadline's RequestTimeout (counted

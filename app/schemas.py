@@ -38,27 +38,21 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class CompletionRequest(_Request):
-    """POST /v1/completions. Defaults follow OpenAI's."""
+class _Sampling(_Request):
+    """What both endpoints take alike. Defaults follow OpenAI's."""
 
     model: str | None = None
-    prompt: Prompt
-    max_tokens: int | None = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
-    best_of: int | None = Field(None, ge=1, le=128)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    logprobs: int | None = Field(None, ge=0)
-    echo: bool = False
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    suffix: str | None = None
     # vLLM extensions.
     top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
     min_p: float | None = Field(None, ge=0, le=1)
@@ -67,10 +61,22 @@ class CompletionRequest(_Request):
     ignore_eos: bool = False
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    return_tokens_as_token_ids: bool = False
     cache_salt: Text | None = None
     stream_interval: int | None = Field(None, ge=1, le=1024)
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: Prompt
+    max_tokens: int | None = Field(16, ge=1)
+    best_of: int | None = Field(None, ge=1, le=128)
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
+    suffix: str | None = None
+    # vLLM extensions.
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    return_tokens_as_token_ids: bool = False
 
 
 class TextPart(_Request):
@@ -94,26 +100,14 @@ class ChatMessage(_Request):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(_Request):
-    """POST /v1/chat/completions. Defaults follow OpenAI's."""
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
 
-    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=128)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    user: str | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     # Accepted by the schema, refused by name: a base model has no tool calling
     # or constrained output here.
     tools: list[dict[str, object]] | None = None
@@ -122,16 +116,6 @@ class ChatCompletionRequest(_Request):
     function_call: object | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, object] | None = None
-    # vLLM extensions.
-    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    min_tokens: int = Field(0, ge=0)
-    ignore_eos: bool = False
-    stop_token_ids: list[TokenId] | None = None
-    skip_special_tokens: bool = True
-    cache_salt: Text | None = None
-    stream_interval: int | None = Field(None, ge=1, le=1024)
 
 
 class TokenizeRequest(_Request):

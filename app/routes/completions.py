@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from app.config import Settings
 from app.deps import ServiceDep, SettingsDep, TenantDep
 from app.schemas import ChatCompletionRequest, CompletionRequest
+from app.service import CompletionService
 from app.streaming import StreamResponse
 from app.utils import json_response
 
@@ -40,45 +42,46 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
         watcher.cancel()
 
 
-async def _serve(
-    body: CompletionRequest | ChatCompletionRequest,
-    service: ServiceDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    request: Request,
-) -> Response:
-    prep = await service.prepare(body, tenant)
-    if body.stream:
-        # SSE notices a disconnect itself and cancels the stream.
-        chunks = await _unless_disconnected(request, service.open_stream(prep))
-        if chunks is None:
+class Respond:
+    """Serve a prepared completion whole or as a stream, for this request."""
+
+    def __init__(
+        self, service: CompletionService, settings: Settings, tenant: bytes | None, request: Request
+    ):
+        self.service, self.settings, self.tenant, self.request = service, settings, tenant, request
+
+    async def __call__(self, body: CompletionRequest | ChatCompletionRequest) -> Response:
+        service, request = self.service, self.request
+        prep = await service.prepare(body, self.tenant)
+        if body.stream:
+            # SSE notices a disconnect itself and cancels the stream.
+            chunks = await _unless_disconnected(request, service.open_stream(prep))
+            if chunks is None:
+                return Response(status_code=CLIENT_CLOSED)
+            return StreamResponse(chunks, prep.headers(), self.settings.sse_keepalive)
+        result = await _unless_disconnected(request, service.complete(prep))
+        if result is None:
             return Response(status_code=CLIENT_CLOSED)
-        return StreamResponse(chunks, prep.headers(), settings.sse_keepalive)
-    result = await _unless_disconnected(request, service.complete(prep))
-    if result is None:
-        return Response(status_code=CLIENT_CLOSED)
-    return json_response(result, headers=prep.headers())
+        return json_response(result, headers=prep.headers())
+
+
+async def _respond(
+    service: ServiceDep, settings: SettingsDep, tenant: TenantDep, request: Request
+) -> Respond:
+    # An async factory: FastAPI runs a class (or any sync) dependency on a thread.
+    return Respond(service, settings, tenant, request)
+
+
+RespondDep = Annotated[Respond, Depends(_respond)]
 
 
 @router.post("/v1/completions", response_model=None)
-async def create_completion(
-    body: CompletionRequest,
-    service: ServiceDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    request: Request,
-) -> Response:
+async def create_completion(body: CompletionRequest, respond: RespondDep) -> Response:
     """Create a completion (OpenAI-compatible; `stream: true` for SSE)."""
-    return await _serve(body, service, settings, tenant, request)
+    return await respond(body)
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(
-    body: ChatCompletionRequest,
-    service: ServiceDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    request: Request,
-) -> Response:
+async def create_chat_completion(body: ChatCompletionRequest, respond: RespondDep) -> Response:
     """Create a chat completion with the chat template (OpenAI-compatible; SSE with `stream`)."""
-    return await _serve(body, service, settings, tenant, request)
+    return await respond(body)

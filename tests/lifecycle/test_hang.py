@@ -15,23 +15,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.gateway import (
-    Gateway,
-    assert_no_orphans,
-    engine_processes,
-    spawn_gateway,
-    stream_events,
-    wait_exit,
-    wait_failed,
-    wait_ready,
-)
+from tests.support import gateway as support
+from tests.support.gateway import Gateway, engine_processes
 
 pytestmark = pytest.mark.engine
 STALL = 3.0
 
 
 def hung_gateway(model_dir: Path, log: Path, *args: str) -> tuple[Gateway, psutil.Process]:
-    gw = spawn_gateway(
+    gw = support.spawn_gateway(
         model_dir,
         log,
         "--warmup",
@@ -44,9 +36,17 @@ def hung_gateway(model_dir: Path, log: Path, *args: str) -> tuple[Gateway, psuti
         "2",
         *args,
     )
-    wait_ready(gw)
+    support.wait_ready(gw)
     core = next(p for p in engine_processes(gw) if "EngineCore" in p.name())
     return gw, core
+
+
+def release(gw: Gateway) -> None:
+    """Continue a stopped engine core and end a gateway still running."""
+    for p in engine_processes(gw) if gw.proc.poll() is None else []:
+        p.send_signal(signal.SIGCONT)
+    if gw.proc.poll() is None:
+        gw.proc.kill()
 
 
 def test_sigstopped_engine_mid_stream_is_found_hung(model_dir: Path, tmp_path: Path) -> None:
@@ -56,12 +56,14 @@ def test_sigstopped_engine_mid_stream_is_found_hung(model_dir: Path, tmp_path: P
         started = threading.Event()
         result: list[list[str]] = []
         body = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
-        t = threading.Thread(target=lambda: result.append(stream_events(gw.url, body, started)))
+        t = threading.Thread(
+            target=lambda: result.append(support.stream_events(gw.url, body, started))
+        )
         t.start()
         assert started.wait(60)
         core.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        snap = wait_failed(gw, STALL + 10)
+        snap = support.wait_failed(gw, STALL + 10)
         found_after = time.monotonic() - stopped_at
         assert "hung" in snap["error"] and "GATEWAY_STALL_TIMEOUT" in snap["error"]
         assert STALL - 0.5 < found_after < STALL + 5, found_after
@@ -70,13 +72,10 @@ def test_sigstopped_engine_mid_stream_is_found_hung(model_dir: Path, tmp_path: P
         assert events[-1] == "[DONE]"
         error = json.loads(events[-2])["error"]
         assert (error["type"], error["code"]) == ("engine_error", "engine_stalled")
-        assert wait_exit(gw, 60) != 0
-        assert_no_orphans(children)
+        assert support.wait_exit(gw, 60) != 0
+        support.assert_no_orphans(children)
     finally:
-        for p in engine_processes(gw) if gw.proc.poll() is None else []:
-            p.send_signal(signal.SIGCONT)
-        if gw.proc.poll() is None:
-            gw.proc.kill()
+        release(gw)
 
 
 def test_sigstopped_engine_while_idle_is_found_by_the_canary(
@@ -88,12 +87,9 @@ def test_sigstopped_engine_while_idle_is_found_by_the_canary(
         time.sleep(2.5)  # a canary or two pass while the engine works
         assert httpx.get(f"{gw.url}/health/live", timeout=5).status_code == 200
         core.send_signal(signal.SIGSTOP)
-        snap = wait_failed(gw, 1 + STALL + 10)
+        snap = support.wait_failed(gw, 1 + STALL + 10)
         assert "canary" in snap["error"]
-        assert wait_exit(gw, 60) != 0
-        assert_no_orphans(children)
+        assert support.wait_exit(gw, 60) != 0
+        support.assert_no_orphans(children)
     finally:
-        for p in engine_processes(gw) if gw.proc.poll() is None else []:
-            p.send_signal(signal.SIGCONT)
-        if gw.proc.poll() is None:
-            gw.proc.kill()
+        release(gw)
