@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
 from tests.support.metrics import metric
+from tests.support.sse import data_events
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 
@@ -204,9 +205,8 @@ def test_completions_usage_always_has_cached_tokens(http: httpx.Client, stream: 
     body = {"prompt": "Hi", "max_tokens": 2, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
-        lines = http.post("/v1/completions", json=body).text.splitlines()
-        data = [json.loads(x[5:]) for x in lines if x.startswith("data:") and "[DONE]" not in x]
-        usage = data[-1]["usage"]
+        data = data_events(http.post("/v1/completions", json=body))
+        usage = json.loads(data[-2])["usage"]
     else:
         usage = http.post("/v1/completions", json=body).json()["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= 0

@@ -19,6 +19,7 @@ from app.main import create_app
 from tests.support.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
 from tests.support.metrics import Samples, parse, value
+from tests.support.sse import data_events
 
 pytestmark = pytest.mark.anyio
 
@@ -33,10 +34,6 @@ async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") ->
         if path == "/health":
             return await c.get(path)
         return await c.post(path, json=body)
-
-
-def events(r: httpx.Response) -> list[str]:
-    return [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
 
 
 def answered(samples: Samples, status: str) -> float:
@@ -58,7 +55,7 @@ async def test_mid_stream_failure_ends_with_error_event_then_done() -> None:
         r = await c.post("/v1/completions", json={"prompt": "hi", "stream": True})
         scrape = (await c.get("/metrics")).text
     assert r.status_code == 200
-    ev = events(r)
+    ev = data_events(r)
     assert [json.loads(e)["choices"][0]["text"] for e in ev[:2]] == ["t0", "t1"]
     err = json.loads(ev[2])["error"]
     assert err["message"] == "boom" and err["type"] == "server_error"
@@ -75,8 +72,8 @@ async def test_unexpected_exception_mid_stream_is_not_leaked() -> None:
         {"prompt": "hi", "stream": True},
     )
     assert "secret internals" not in r.text and "Traceback" not in r.text
-    assert events(r)[-1] == "[DONE]"
-    assert "error" in json.loads(events(r)[-2])
+    assert data_events(r)[-1] == "[DONE]"
+    assert "error" in json.loads(data_events(r)[-2])
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -18,6 +18,7 @@ from app.engine.protocol import SamplingOptions
 from app.main import create_app
 from tests.support.fake_engine import FakeEngine, Out, ReqOut
 from tests.support.metrics import parse, value
+from tests.support.sse import data_events
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +67,7 @@ async def test_a_hung_engine_ends_requests_and_fails_liveness() -> None:
             assert exits == []  # the grace lets probes read the reason first
             await asyncio.sleep(0.7)
             assert exits == [1]
-    events = [e[5:].strip() for e in stream.text.splitlines() if e.startswith("data:")]
+    events = data_events(stream)
     assert json.loads(events[0])["choices"][0]["text"] == "t0"
     error = json.loads(events[1])["error"]
     assert (error["type"], error["code"]) == ("engine_error", "engine_stalled")
