@@ -11,7 +11,7 @@ on drain.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from starlette.routing import BaseRoute, Route
@@ -32,10 +32,20 @@ class Endpoint:
 _UNMATCHED = Endpoint(OTHER, open=False, drained=False, limited=True)
 
 
+def _flat(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        # Newer FastAPI (0.16x) keeps an included router whole, as one entry.
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
+
+
 class Endpoints:
     def __init__(self, routes: Iterable[BaseRoute], protect_metrics: bool):
         self._table: list[tuple[re.Pattern[str], Endpoint]] = []
-        for route in routes:
+        for route in _flat(routes):
             if not isinstance(route, Route):
                 continue
             tags = set(getattr(route, "tags", ()) or ())
