@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.test_helm import CHART, HELM, container, kind, render
 from tests.support.gateway import ROOT
+from tests.support.helm import CHART, HELM, container, kind, render
 
 DATA = Path(__file__).parent / "data"
 

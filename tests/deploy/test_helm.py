@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.support.gateway import ROOT
+from tests.support.helm import CHART, HELM, container, helm, kind, render
 
-HELM = ROOT / ".cache" / "bin" / "helm"
-CHART = ROOT / "deploy" / "helm" / "ascend-llm-gateway"
 ALL_ON = [
     "serviceMonitor.enabled=true",
     "prometheusRule.enabled=true",
@@ -29,30 +27,6 @@ ALL_ON = [
 ]
 K8S_VERSIONS = ["1.25.0", "1.35.0"]
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "InferencePool", "ScaledObject"}
-
-
-def helm(*args: str) -> str:
-    if not HELM.exists():
-        pytest.fail("helm missing: run `make setup`")
-    r = subprocess.run([str(HELM), *args], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
-
-
-def render(*sets: str) -> list[dict[str, Any]]:
-    args = ["template", "rel", str(CHART), "--namespace", "llm"]
-    for s in sets:
-        args += ["--set", s]
-    return [d for d in yaml.safe_load_all(helm(*args)) if d]
-
-
-def kind(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (doc,) = [d for d in docs if d["kind"] == name]
-    return doc
-
-
-def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("sets", [[], ALL_ON], ids=["defaults", "all-features"])
