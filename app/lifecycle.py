@@ -167,10 +167,12 @@ class Supervisor:
             return
         self._spawn(self._watch(engine, service))
 
-    def engine_step(self, step: EngineStep) -> None:
-        """Once per engine step, from vLLM's stat logger (on the event loop)."""
+    def engine_step(self, step: EngineStep | None) -> None:
+        """Once per engine step, from vLLM's stat logger (on the event loop);
+        None when the step came without scheduler stats."""
         self.watchdog.heartbeat()
-        self.metrics.engine_step(step)
+        if step is not None:
+            self.metrics.engine_step(step)
 
     async def _watch(self, engine: Engine, service: CompletionService) -> None:
         # Cancelled by shutdown().

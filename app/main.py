@@ -117,7 +117,7 @@ def create_app(
     return app
 
 
-def _build_vllm(settings: Settings, on_step: Callable[[EngineStep], None]) -> Engine:
+def _build_vllm(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> Engine:
     model = Path(settings.model)
     if not (model / "config.json").is_file():
         raise FileNotFoundError(

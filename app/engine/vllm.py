@@ -196,7 +196,9 @@ class _StepLogger(StatLoggerBase):
     with a default: a renamed field degrades one figure, not the engine.
     """
 
-    on_step: Callable[[EngineStep], None] = staticmethod(lambda step: None)
+    # Called on every record (the watchdog's heartbeat), with None when vLLM
+    # sent no scheduler stats this time (vLLM 0.18 leaves them out on some).
+    on_step: Callable[[EngineStep | None], None] = staticmethod(lambda step: None)
 
     def __init__(self, vllm_config: Any, engine_index: int = 0):
         scheduler = vllm_config.scheduler_config
@@ -211,6 +213,7 @@ class _StepLogger(StatLoggerBase):
         engine_idx: int = 0,
     ) -> None:
         if scheduler_stats is None:
+            self.on_step(None)
             return
         tokens = 0
         queue_times: list[float] = []
@@ -238,7 +241,7 @@ class _StepLogger(StatLoggerBase):
         pass
 
 
-def build_engine(settings: Settings, on_step: Callable[[EngineStep], None]) -> VllmEngine:
+def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> VllmEngine:
     """Construct AsyncLLM (blocking: weights, KV cache, graph capture).
 
     Call it in a worker thread (the supervisor does) so the event loop keeps
