@@ -6,7 +6,6 @@ completion path (app.generation, app.choices)."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 from app.chat_template import ChatTemplate
@@ -15,6 +14,7 @@ from app.errors import ContextLengthExceeded, InvalidRequest
 from app.prepare import PreparedCompletion, PreparedPrompt, Preparer
 from app.schemas import ChatCompletionRequest, ChatMessage, TextPart
 from app.tokenizer import AsyncTokenizer
+from app.utils import new_id
 
 Message = dict[str, str]  # {"role", "content"}: what the template sees
 
@@ -99,7 +99,7 @@ class ChatPreparer:
             req, max_tokens=requested or limit - len(ids), n=req.n, logprobs=k
         )
         prep = PreparedCompletion(
-            request_id=f"chatcmpl-{uuid.uuid4().hex}",
+            request_id=f"chatcmpl-{new_id()}",
             created=int(time.time()),
             arrival=arrival,
             deadline=preparer.deadline(arrival),

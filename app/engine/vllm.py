@@ -51,6 +51,13 @@ try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
 except ImportError:  # vLLM 0.18
     _CLIENT_ERRORS = (ValueError,)
 
+try:  # vLLM >= 0.2x: a prompt already rendered (typed) skips its thread hop.
+    from vllm.inputs.engine import tokens_input as _tokens_input
+
+    _RENDERED = True
+except ImportError:  # vLLM 0.18 takes the plain dict inline
+    _RENDERED = False
+
 logger = logging.getLogger(__name__)
 
 
@@ -142,9 +149,16 @@ class VllmEngine:
     ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
-            prompt: Any = {"prompt_token_ids": prompt_token_ids}
-            if cache_salt is not None:
-                prompt["cache_salt"] = cache_salt
+            prompt: Any
+            if _RENDERED:
+                # Tokens in, as vLLM's own server passes them: processed
+                # inline. A plain dict is "rendered" on a worker thread first
+                # (a hop per request, and a deprecation warning's check).
+                prompt = _tokens_input(prompt_token_ids, cache_salt=cache_salt)
+            else:
+                prompt = {"prompt_token_ids": prompt_token_ids}
+                if cache_salt is not None:
+                    prompt["cache_salt"] = cache_salt
             stream = self._llm.generate(prompt, params, request_id)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.errors import EngineFailure, Unavailable
 from app.main import create_app
+from app.tokenizer import INLINE_CHARS
 from tests.support.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
 from tests.support.metrics import Samples, parse, value
@@ -172,7 +173,9 @@ async def test_a_long_tokenization_leaves_the_event_loop_serving(path: str) -> N
 
     tokenizer = StuckTokenizer()
     async with serve(FakeEngine(one_token, tokenizer=tokenizer)) as c:
-        slow = asyncio.create_task(c.post(path, json={"prompt": "a long prompt"}))
+        # Long enough for the worker (shorter texts are encoded inline).
+        prompt = "a long prompt " * (INLINE_CHARS // 10)
+        slow = asyncio.create_task(c.post(path, json={"prompt": prompt}))
         assert await asyncio.to_thread(tokenizer.entered.wait, 5)
         # Tokenizing on the event loop would hold this request until the
         # tokenizer gave up; on the worker thread it is answered meanwhile.
