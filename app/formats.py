@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from json.encoder import encode_basestring as quote
 from typing import Any
 
 from app.choices import Choice, Choices, Delta
 from app.prepare import PreparedCompletion
 from app.schemas import CompletionLogprobs, Usage
+from app.sse import line_safe, sse_event
 
 
 class TextFormat:
@@ -40,24 +42,30 @@ class TextFormat:
         raise NotImplementedError
 
     def encoder(self, prep: PreparedCompletion) -> Callable[[Delta], str]:
-        """Delta -> the JSON text of its stream chunk."""
+        """Delta -> its stream chunk as an SSE event (`data: {json}` and the
+        blank line), line-safe (app.sse.line_safe)."""
         head = self.head(prep)
         tail = {"usage": None} if prep.include_usage else {}
         dumps, delta = json.dumps, self.delta
         if prep.logprobs is not None or type(self) is not TextFormat:
-            return lambda d: dumps(
-                {**head, "choices": [delta(d, prep)], **tail}, ensure_ascii=False
+            return lambda d: sse_event(
+                dumps({**head, "choices": [delta(d, prep)], **tail}, ensure_ascii=False)
             )
         # The per-token path: only the index, text and finish reason change, so
-        # the envelope is encoded once (byte for byte what json.dumps writes).
+        # the envelope is encoded once (byte for byte what json.dumps writes),
+        # and the text with json's own C string encoder.
         start = dumps({**head, "choices": [{"index": 0}]}, ensure_ascii=False)
-        start = start[: start.rindex("0}]}")]
-        end = "}], " + dumps(tail)[1:] if tail else "}]}"
+        start = "data: " + start[: start.rindex("0}]}")]
+        end = "}], " + dumps(tail)[1:] + "\n\n" if tail else "}]}\n\n"
 
         def encode(d: Delta) -> str:
+            text = quote(d.text)
+            if not text.isascii():
+                text = line_safe(text)
+            reason = "null" if d.finish_reason is None else quote(d.finish_reason)
             return (
-                f'{start}{d.choice.index}, "text": {dumps(d.text, ensure_ascii=False)}, '
-                f'"logprobs": null, "finish_reason": {dumps(d.finish_reason)}{end}'
+                f'{start}{d.choice.index}, "text": {text}, '
+                f'"logprobs": null, "finish_reason": {reason}{end}'
             )
 
         return encode

@@ -78,6 +78,7 @@ class Generation:
         "_closed",
         "_expired",
         "_first",
+        "_single",
         "_source",
         "_timer",
         "_waiter",
@@ -96,7 +97,11 @@ class Generation:
         self.finished = False  # every output has arrived
         self.failed = False  # ended by an error or the deadline
         self.cached_tokens = 0  # prompt tokens the engine found in its prefix cache
-        self._source: AsyncGenerator[Tagged, None] | None = None
+        # One prompt: the engine's own output stream, untagged (no generator
+        # of ours between it and the consumer: each level costs per token).
+        # Several: their outputs fanned in, tagged with the prompt index.
+        self._single = len(prep.prompts) == 1
+        self._source: AsyncGenerator[Any, None] | None = None
         self._first: Tagged | None = None
         self._closed = False
         # One timer per request for its deadline (not one per output): when it
@@ -124,9 +129,14 @@ class Generation:
             await self.place.wait()
             self._source = self._fan_in()
             try:
-                self._first = await anext(self._source)
+                first = await anext(self._source)
             except StopAsyncIteration:
                 self.finished = True
+            else:
+                if self._single:
+                    self._accepted(self.prep.prompts[0], first)
+                    first = (0, first)
+                self._first = first
         except BaseException as exc:
             error = self._translate(exc, task)
             if error is exc:
@@ -152,6 +162,8 @@ class Generation:
             raise self._failed(TimeoutError()) from None
         task = self._waiter = asyncio.current_task()
         try:
+            if self._single:
+                return 0, await anext(source)
             return await anext(source)
         except StopAsyncIteration:
             self.finished = True
@@ -202,6 +214,8 @@ class Generation:
             return
         self._closed = True
         self.runner.generations.discard(self)
+        if self._single:
+            self.runner.active.discard(self.prep.request_id)
         if self._timer is not None:
             self._timer.cancel()
         if not self.finished and not self.failed:
@@ -225,11 +239,24 @@ class Generation:
 
     # -- the engine requests ------------------------------------------------
 
-    def _fan_in(self) -> AsyncGenerator[Tagged, None]:
-        prompts = self.prep.prompts
-        if len(prompts) == 1:
-            return self._run(0, prompts[0], self.prep.request_id)
-        return self._merged(prompts)
+    def _fan_in(self) -> AsyncGenerator[Any, None]:
+        prep = self.prep
+        if self._single:
+            self.runner.active.add(prep.request_id)
+            return self.runner.engine.generate(
+                prep.prompts[0].token_ids, prep.options, prep.request_id, cache_salt=prep.cache_salt
+            )
+        return self._merged(prep.prompts)
+
+    def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:
+        """A prompt's first output: the engine took it; count its tokens, and
+        those it found in the prefix cache (vLLM >= 0.2x reports them)."""
+        metrics = self.runner.metrics
+        metrics.prompt_tokens.inc(len(prompt.token_ids))
+        cached = getattr(first, "num_cached_tokens", None)
+        if cached:
+            self.cached_tokens += cached
+            metrics.prompt_cached_tokens.inc(cached)
 
     async def _run(
         self, index: int, prompt: PreparedPrompt, request_id: str
@@ -238,25 +265,18 @@ class Generation:
         runner = self.runner
         runner.active.add(request_id)
         try:
-            counted = False
-            cached: int | None = None
             prep = self.prep
             # Closed here and now when we are (its abort runs at once, not
             # whenever the garbage collector finalises it).
             gen = runner.engine.generate(
                 prompt.token_ids, prep.options, request_id, cache_salt=prep.cache_salt
             )
+            accepted = False
             async with aclosing(gen):
                 async for out in gen:
-                    if not counted:
-                        runner.metrics.prompt_tokens.inc(len(prompt.token_ids))
-                        counted = True
-                    if cached is None:
-                        # vLLM >= 0.2x: prefix-cache hits of this prompt.
-                        cached = getattr(out, "num_cached_tokens", None)
-                        if cached:
-                            self.cached_tokens += cached
-                            runner.metrics.prompt_cached_tokens.inc(cached)
+                    if not accepted:
+                        self._accepted(prompt, out)
+                        accepted = True
                     yield index, out
         finally:
             runner.active.discard(request_id)

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from app.admission import Admission
@@ -20,6 +20,7 @@ from app.generation import Generation, Runner
 from app.metrics import Metrics
 from app.prepare import PreparedCompletion, Preparer
 from app.schemas import ChatCompletionRequest, CompletionRequest
+from app.sse import DONE_EVENT, sse_event
 from app.tokenizer import AsyncTokenizer
 
 
@@ -115,43 +116,61 @@ def _coalesced(feed: Feed, interval: int) -> Feed:
 
 
 class CompletionStream:
-    """A streaming request: iterating it yields the JSON chunks; `close()`
-    aborts what is unfinished and gives the admission place back. The HTTP
-    layer calls `close()` when the response ends however it ends (even if
-    iteration never started), so nothing is held after the client has gone."""
+    """A streaming request, told as SSE events: each `next_events()` waits
+    for the engine's next output and returns the events it makes (several
+    joined into one write when they are ready together), the last time with
+    the usage chunk and `[DONE]`. `close()` aborts what is unfinished and
+    gives the admission place back; the HTTP layer calls it when the
+    response ends however it ends (even if no event was asked for), so
+    nothing is held after the client has gone.
+
+    A coroutine per output rather than an async generator of chunks: every
+    level of generator between the engine and the socket is resumed and
+    suspended again for every token of every stream."""
 
     def __init__(self, generation: Generation, choices: Choices, fmt: TextFormat):
         self.generation = generation
         self.choices = choices
         self.fmt = fmt
-
-    async def _chunks(self) -> AsyncIterator[str]:
-        generation = self.generation
+        self.done = False
         prep = generation.prep
-        choices = self.choices
-        fmt = self.fmt
-        head = fmt.head(prep)
-        usage_field = {"usage": None} if prep.include_usage else {}
-        dumps = json.dumps
-        encode = fmt.encoder(prep)
-        deltas: Feed = choices.feed
+        self._head = fmt.head(prep)
+        self._usage_field = {"usage": None} if prep.include_usage else {}
+        self._encode = fmt.encoder(prep)
+        self._deltas: Feed = choices.feed
         if prep.stream_interval > 1:
-            deltas = _coalesced(choices.feed, prep.stream_interval)
-        try:
-            async for i, out in generation:
-                for d in deltas(i, out):
-                    if fmt.opens and d.first:
-                        opening = {**head, "choices": [fmt.opening(d.choice)], **usage_field}
-                        yield dumps(opening)
-                    yield encode(d)
-        finally:
-            await self.close()  # aborts the engine request now if unfinished
-        if prep.include_usage:
-            usage = choices.usage(generation.cached_tokens)
-            yield dumps({**head, "choices": [], "usage": usage})
+            self._deltas = _coalesced(choices.feed, prep.stream_interval)
+        # One prompt's output that finishes it is the last: its events go
+        # out with the usage chunk and [DONE], in one write.
+        self._single = len(prep.prompts) == 1
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._chunks()
+    async def next_events(self) -> str:
+        """The events of the next output ("" when it brought nothing to
+        send); after `done`, no more."""
+        generation, encode, fmt = self.generation, self._encode, self.fmt
+        events: list[str] = []
+        while True:
+            try:
+                i, out = await generation.__anext__()
+            except StopAsyncIteration:
+                events.append(self._end())
+                return "".join(events)
+            for d in self._deltas(i, out):
+                if fmt.opens and d.first:
+                    opening = {**self._head, "choices": [fmt.opening(d.choice)]}
+                    events.append(sse_event(json.dumps({**opening, **self._usage_field})))
+                events.append(encode(d))
+            if not (self._single and out.finished):
+                return "".join(events)
+            # The engine ends this stream right after its finished output.
+
+    def _end(self) -> str:
+        self.done = True
+        prep = self.generation.prep
+        if not prep.include_usage:
+            return DONE_EVENT
+        usage = self.choices.usage(self.generation.cached_tokens)
+        return sse_event(json.dumps({**self._head, "choices": [], "usage": usage})) + DONE_EVENT
 
     def failed(self, error: GatewayError) -> None:
         metrics = self.choices.metrics

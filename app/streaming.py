@@ -1,100 +1,132 @@
-"""SSE framing of a completion stream: data chunks, an error event if the
-stream breaks, and always `[DONE]`. Cancellation is never swallowed: when the
-client goes away the engine request is aborted by the cancellation itself,
-and the stream is closed when the response ends, however it ends."""
+"""The HTTP side of a completion stream: SSE events as they come, an error
+event if the stream breaks, and always `[DONE]`. Cancellation is never
+swallowed unless it is ours: when the client goes away the engine request
+is aborted by the cancellation itself, and the stream is closed when the
+response ends, however it ends.
+
+sse-starlette gives the response its headers and its keep-alive comments;
+the loop that runs it is ours and lean, because it runs once per token per
+stream. sse-starlette's own runs every stream as four tasks in an anyio task
+group (data, pings, disconnect, shutdown) and each event through an anyio
+cancel scope; on the development machine the serving process spent about a
+tenth of its CPU per token there (py-spy, 32 streams). Here the data loop
+runs in the request's own task and one watcher task per stream waits for
+the client's disconnect and sends the pings. The events of one engine output
+go out in one write, and the last ones (usage chunk, `[DONE]`) with the end
+of the response body.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from datetime import datetime, timezone
 from typing import Protocol
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.event import ensure_bytes
+from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
 from app.errors import EngineFailure, GatewayError
 from app.rejection import sse_error_data
+from app.sse import DONE_EVENT, sse_event
 
 logger = logging.getLogger(__name__)
 
-DONE = "[DONE]"
 
-# JSON may carry these raw, but clients that split lines the Unicode way
-# (Python's str.splitlines, httpx's aiter_lines) cut an event in two at
-# them. Escaped, the JSON is the same text after parsing.
-_LINE_SAFE = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+class EventStream(Protocol):
+    """app.service.CompletionStream, as the HTTP layer uses it."""
 
+    done: bool
 
-def line_safe(data: str) -> str:
-    return data if data.isascii() else data.translate(_LINE_SAFE)
+    async def next_events(self) -> str:
+        """The SSE events of the next engine output; `done` after the last."""
 
-
-class ChunkStream(AsyncIterable[str], Protocol):
     def failed(self, error: GatewayError) -> None:
         """The stream is about to end with `error` as its SSE error event."""
 
     async def close(self) -> None: ...
 
 
-async def sse_events(chunks: ChunkStream) -> AsyncIterator[str]:
-    source = aiter(chunks)
-    try:
-        async for data in source:
-            yield line_safe(data)
-    except GatewayError as exc:
-        chunks.failed(exc)
-        yield sse_error_data(exc)
-    except Exception:
-        logger.exception("stream failed")
-        error = EngineFailure("The stream failed.")
-        chunks.failed(error)
-        yield sse_error_data(error)
-    finally:
-        # Close the source now (its cleanup aborts an unfinished engine
-        # request), not whenever the garbage collector gets to it.
-        await source.aclose()  # type: ignore[attr-defined]
-    yield DONE
-
-
 class StreamResponse(EventSourceResponse):
-    def __init__(self, chunks: ChunkStream, headers: dict[str, str], keepalive: float):
+    def __init__(self, stream: EventStream, headers: dict[str, str], keepalive: float):
         # Comment lines (every `keepalive` seconds, also while the request
         # waits in the queue) keep idle proxies from closing slow streams.
-        super().__init__(sse_events(chunks), headers=headers, sep="\n", ping=keepalive)
-        self.chunks = chunks
+        # No body iterator: the events come from `stream` (see _run).
+        super().__init__(iter(()), headers=headers, sep="\n", ping=keepalive)
+        self.stream = stream
+        self._left = False  # the client went away (or the server stops): our cancel
 
-    async def _stream_response(self, send: Send) -> None:
-        """sse-starlette's data loop, lean: it wraps every event in an anyio
-        cancel scope for a send timeout (unused here: the request deadline
-        bounds a stream) and re-parses it for line breaks (ours are one JSON
-        line each, line-safe). About a tenth of the serving process's CPU per
-        token went there (py-spy, 32 streams). Pings, disconnect detection and
-        shutdown stay sse-starlette's."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive, send, task))
+        try:
+            await self._run(send)
+        except asyncio.CancelledError:
+            if not self._left:
+                raise
+            # Our own cancellation: the client has gone, nothing to answer.
+            task.uncancel()
+        finally:
+            self.active = False
+            watcher.cancel()
+            # If the client left before the first event, the stream was never
+            # asked for one: its engine request is aborted here.
+            await self.stream.close()
+
+    async def _run(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        body = self.body_iterator
+        stream = self.stream
         try:
-            async for data in body:
-                chunk = b"data: " + data.encode() + b"\n\n"  # type: ignore[union-attr]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except BaseException:
-            # Close the events generator now, so its cleanup (the engine abort)
-            # runs before the error escapes.
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-            raise
-        async with self._send_lock:
-            self.active = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            while True:
+                events = await stream.next_events()
+                if stream.done:
+                    break
+                if events:
+                    await send(
+                        {"type": "http.response.body", "body": events.encode(), "more_body": True}
+                    )
+        except GatewayError as exc:
+            stream.failed(exc)
+            events = sse_event(sse_error_data(exc)) + DONE_EVENT
+        except Exception:
+            logger.exception("stream failed")
+            error = EngineFailure("The stream failed.")
+            stream.failed(error)
+            events = sse_event(sse_error_data(error)) + DONE_EVENT
+        # The admission place goes back before the last write.
+        await stream.close()
+        self.active = False
+        await send({"type": "http.response.body", "body": events.encode(), "more_body": False})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            # If the client left before the first chunk, the event generator
-            # never ran and its own cleanup with it.
-            await self.chunks.close()
+    async def _watch(self, receive: Receive, send: Send, task: asyncio.Task[None]) -> None:
+        """Wait for the client's disconnect (then cancel the stream) and send
+        a keep-alive comment every `ping_interval` seconds meanwhile."""
+        interval = self.ping_interval if self.ping_interval > 0 else None
+        while self.active:
+            try:
+                async with asyncio.timeout(interval):
+                    message = await receive()
+            except TimeoutError:
+                if AppStatus.should_exit:  # the server is going: end the stream
+                    break
+                if self.active:
+                    ping = ServerSentEvent(
+                        comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep
+                    )
+                    body = ensure_bytes(ping, self.sep)
+                    # A ping that loses the race with the end of the body has
+                    # nothing left to keep alive.
+                    with contextlib.suppress(Exception):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                continue
+            if message["type"] == "http.disconnect":
+                break
+        if self.active:
+            self._left = True
+            task.cancel()
