@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import reject_reasons
+from app.loop_histogram import LoopHistogram
 
 if TYPE_CHECKING:
     from app.admission import Admission
@@ -78,10 +79,13 @@ class Metrics:
             "Per request: (e2e latency - TTFT) / (output tokens - 1); requests with >= 2 tokens.",
             TOKEN_LATENCY_BUCKETS,
         )
-        self.itl = hist(
+        # Observed per token: the lock-free kind (app.loop_histogram).
+        self.itl = LoopHistogram(
             "gateway_inter_token_latency_seconds",
             "Seconds between consecutive output tokens of a request (k tokens in a step: k gaps).",
             TOKEN_LATENCY_BUCKETS,
+            model,
+            registry,
         )
         self.e2e = hist(
             "gateway_e2e_request_latency_seconds",
