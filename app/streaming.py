@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.event import ensure_bytes
 from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
@@ -99,9 +98,10 @@ class StreamResponse(EventSourceResponse):
             error = EngineFailure("The stream failed.")
             stream.failed(error)
             events = sse_event(sse_error_data(error)) + DONE_EVENT
-        # The admission place goes back before the last write.
-        await stream.close()
+        # Ending anyway: from here a disconnect no longer cancels (and no
+        # ping goes out). The admission place goes back before the last write.
         self.active = False
+        await stream.close()
         await send({"type": "http.response.body", "body": events.encode(), "more_body": False})
 
     async def _watch(self, receive: Receive, send: Send, task: asyncio.Task[None]) -> None:
@@ -116,10 +116,8 @@ class StreamResponse(EventSourceResponse):
                 if AppStatus.should_exit:  # the server is going: end the stream
                     break
                 if self.active:
-                    ping = ServerSentEvent(
-                        comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep
-                    )
-                    body = ensure_bytes(ping, self.sep)
+                    now = datetime.now(timezone.utc)
+                    body = ServerSentEvent(comment=f"ping - {now}", sep=self.sep).encode()
                     # A ping that loses the race with the end of the body has
                     # nothing left to keep alive.
                     with contextlib.suppress(Exception):
