@@ -9,7 +9,7 @@ per-choice latency metrics are handled here, once, for both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.engine.protocol import Logprob, PositionLogprobs, RequestOutput, Tokenizer
@@ -86,9 +86,11 @@ class Choices:
         # one of those.
         self._prompt_logprobs: dict[int, Sequence[PositionLogprobs | None]] = {}
 
-    def feed(self, prompt_index: int, out: RequestOutput) -> Iterator[Delta]:
-        """Take one engine output; yield each choice's news (nothing when a
-        choice has none, e.g. bytes the detokenizer holds back)."""
+    def feed(self, prompt_index: int, out: RequestOutput) -> list[Delta]:
+        """Take one engine output; each choice's news (nothing when a choice
+        has none, e.g. bytes the detokenizer holds back). A list, not a
+        generator: this runs for every output of every stream."""
+        deltas: list[Delta] = []
         if out.prompt_logprobs:
             self._prompt_logprobs.setdefault(prompt_index, out.prompt_logprobs)
         metrics = self.metrics
@@ -123,7 +125,8 @@ class Choices:
                 text = prefix + text
             new_logprobs = choice.logprobs is not None and len(choice.logprobs["tokens"]) > lp_start
             if text or o.finish_reason is not None or new_logprobs:
-                yield Delta(choice, text, lp_start, o.finish_reason, n, first)
+                deltas.append(Delta(choice, text, lp_start, o.finish_reason, n, first))
+        return deltas
 
     def final(self) -> list[CompletionChoice]:
         """The answer's choices: per prompt, its n samples (the n most likely

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import reject_reasons
-from app.loop_histogram import LoopHistogram
+from app.loop_metrics import LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
     from app.admission import Admission
@@ -79,7 +79,7 @@ class Metrics:
             "Per request: (e2e latency - TTFT) / (output tokens - 1); requests with >= 2 tokens.",
             TOKEN_LATENCY_BUCKETS,
         )
-        # Observed per token: the lock-free kind (app.loop_histogram).
+        # Observed per token: the lock-free kind (app.loop_metrics).
         self.itl = LoopHistogram(
             "gateway_inter_token_latency_seconds",
             "Seconds between consecutive output tokens of a request (k tokens in a step: k gaps).",
@@ -153,8 +153,8 @@ class Metrics:
             "gateway_prompt_cached_tokens_total",
             "Prompt tokens the engine found in its prefix cache (not computed again).",
         )
-        self.generation_tokens = counter(
-            "gateway_generation_tokens_total", "Output tokens generated."
+        self.generation_tokens = LoopCounter(  # per output: the lock-free kind
+            "gateway_generation_tokens_total", "Output tokens generated.", model, registry
         )
         self.truncated_requests = counter(
             "gateway_truncated_requests_total", "Requests whose prompt was truncated."

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from app.admission import Admission
@@ -61,8 +61,7 @@ class CompletionService:
         choices = Choices(prep, self.tokenizer.sync, self.metrics)
         async with self.runner.open(prep) as generation:
             async for i, out in generation:
-                for _ in choices.feed(i, out):
-                    pass
+                choices.feed(i, out)
         fmt = CHAT if prep.chat else TEXT
         return fmt.answer(prep, choices, choices.usage(generation.cached_tokens))
 
@@ -85,7 +84,7 @@ class CompletionService:
         return stream
 
 
-Feed = Callable[[int, RequestOutput], Iterator[Delta]]
+Feed = Callable[[int, RequestOutput], Iterable[Delta]]
 
 
 def _coalesced(feed: Feed, interval: int) -> Feed:

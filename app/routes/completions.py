@@ -6,10 +6,8 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.config import Settings
-from app.deps import ServiceDep, SettingsDep, TenantDep
+from app.deps import Completing, CompletingDep
 from app.schemas import ChatCompletionRequest, CompletionRequest
-from app.service import CompletionService
 from app.streaming import StreamResponse
 from app.utils import json_response
 
@@ -45,10 +43,9 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 class Respond:
     """Serve a prepared completion whole or as a stream, for this request."""
 
-    def __init__(
-        self, service: CompletionService, settings: Settings, tenant: bytes | None, request: Request
-    ):
-        self.service, self.settings, self.tenant, self.request = service, settings, tenant, request
+    def __init__(self, completing: Completing, request: Request):
+        self.service, self.settings = completing.service, completing.settings
+        self.tenant, self.request = completing.tenant, request
 
     async def __call__(self, body: CompletionRequest | ChatCompletionRequest) -> Response:
         service, request = self.service, self.request
@@ -65,11 +62,9 @@ class Respond:
         return json_response(result, headers=prep.headers())
 
 
-async def _respond(
-    service: ServiceDep, settings: SettingsDep, tenant: TenantDep, request: Request
-) -> Respond:
+async def _respond(completing: CompletingDep, request: Request) -> Respond:
     # An async factory: FastAPI runs a class (or any sync) dependency on a thread.
-    return Respond(service, settings, tenant, request)
+    return Respond(completing, request)
 
 
 RespondDep = Annotated[Respond, Depends(_respond)]

@@ -1,11 +1,11 @@
-"""app.loop_histogram exposes what prometheus_client's own Histogram would,
-for the same observations (bounds included: le is inclusive)."""
+"""app.loop_metrics exposes what prometheus_client's own Histogram and
+Counter would, for the same observations (bounds included: le is inclusive)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from app.loop_histogram import LoopHistogram
+from app.loop_metrics import LoopCounter, LoopHistogram
 from app.metrics import TOKEN_LATENCY_BUCKETS
 
 
@@ -34,3 +34,15 @@ def test_an_unobserved_histogram_is_exported_at_zero() -> None:
     text = generate_latest(registry).decode()
     assert 'y_seconds_bucket{le="+Inf",model="m"} 0.0' in text
     assert 'y_seconds_count{model="m"} 0.0' in text
+
+
+def test_counter_same_exposition_as_a_prometheus_client_counter() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = LoopCounter("z_tokens_total", "Doc.", "m", ours)
+    reference = Counter("z_tokens_total", "Doc.", ["model"], registry=theirs).labels("m")
+    for n in (1, 3, 0, 60):
+        loop.inc(n)
+        reference.inc(n)
+    kept = [line for line in generate_latest(theirs).splitlines() if b"_created" not in line]
+    assert generate_latest(ours).splitlines() == kept
+    assert b'z_tokens_total{model="m"} 64.0' in generate_latest(ours)
