@@ -116,6 +116,3 @@ async def get_completing(request: Request) -> Completing:
     """The service (or 503 + Retry-After when not ready), settings and tenant."""
     supervisor: Supervisor = request.app.state.supervisor
     return Completing(_serving(supervisor), supervisor.settings, request.scope.get(TENANT))
-
-
-CompletingDep = Annotated[Completing, Depends(get_completing)]

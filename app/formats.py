@@ -59,9 +59,7 @@ class TextFormat:
         end = "}], " + dumps(tail)[1:] + "\n\n" if tail else "}]}\n\n"
 
         def encode(d: Delta) -> str:
-            text = quote(d.text)
-            if not text.isascii():
-                text = line_safe(text)
+            text = line_safe(quote(d.text))
             reason = "null" if d.finish_reason is None else quote(d.finish_reason)
             return (
                 f'{start}{d.choice.index}, "text": {text}, '

@@ -38,18 +38,21 @@ class AsyncTokenizer:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        if len(text) <= INLINE_CHARS:
-            return self.sync.encode(text, add_special_tokens=add_special_tokens)
-        return await self.run(lambda: self.sync.encode(text, add_special_tokens=add_special_tokens))
+        return (await self._encode([text], add_special_tokens))[0]
 
     async def encode_all(self, texts: list[str]) -> list[list[int]]:
-        """Several prompts (in one hop to the worker when long), with BOS as
-        for a completion."""
-        if not texts:
-            return []
+        """Several prompts, with BOS as for a completion."""
+        return await self._encode(texts, True)
+
+    async def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        """Inline when short, else in one hop to the worker."""
+
+        def work() -> list[list[int]]:
+            return [self.sync.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+
         if sum(map(len, texts)) <= INLINE_CHARS:
-            return [self.sync.encode(t, add_special_tokens=True) for t in texts]
-        return await self.run(lambda: [self.sync.encode(t, add_special_tokens=True) for t in texts])
+            return work()
+        return await self.run(work)
 
     async def decode(self, token_ids: list[int], skip_special_tokens: bool) -> str:
         return await self.run(

@@ -6,7 +6,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.deps import Completing, CompletingDep
+from app.deps import Completing, get_completing
 from app.schemas import ChatCompletionRequest, CompletionRequest
 from app.streaming import StreamResponse
 from app.utils import json_response
@@ -62,9 +62,10 @@ class Respond:
         return json_response(result, headers=prep.headers())
 
 
-async def _respond(completing: CompletingDep, request: Request) -> Respond:
-    # An async factory: FastAPI runs a class (or any sync) dependency on a thread.
-    return Respond(completing, request)
+async def _respond(request: Request) -> Respond:
+    # One async dependency: FastAPI runs a class (or any sync) one on a thread,
+    # and each level of dependencies costs its own bookkeeping per request.
+    return Respond(await get_completing(request), request)
 
 
 RespondDep = Annotated[Respond, Depends(_respond)]
