@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from prometheus_client import CollectorRegistry
 
 from app.auth import TENANT
 from app.config import Settings
 from app.errors import Unavailable
+from app.exposition import Exposition
 from app.lifecycle import Lifecycle, Phase, Supervisor
 from app.prepare import ServedModel
 from app.service import CompletionService
@@ -94,11 +94,11 @@ async def get_engine_info(supervisor: _SupervisorDep) -> dict[str, Any] | None:
 EngineInfoDep = Annotated[dict[str, Any] | None, Depends(get_engine_info)]
 
 
-async def get_registry(supervisor: _SupervisorDep) -> CollectorRegistry:
-    return supervisor.metrics.registry
+async def get_exposition(supervisor: _SupervisorDep) -> Exposition:
+    return supervisor.metrics.exposition
 
 
-RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]
+ExpositionDep = Annotated[Exposition, Depends(get_exposition)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import reject_reasons
+from app.exposition import Exposition
 from app.loop_metrics import LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ FINISH_REASONS = ("stop", "length", "abort")
 class Metrics:
     def __init__(self, registry: CollectorRegistry, model: str):
         self.registry = registry
+        self.exposition = Exposition(registry)
         self.model = model
         m = ["model"]
 

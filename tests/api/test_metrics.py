@@ -259,3 +259,15 @@ def test_the_endpoint_pickers_metrics_are_exported(http: httpx.Client) -> None:
         assert families[name].samples, name
     info = families["vllm:cache_config_info"].samples[0].labels
     assert int(info["block_size"]) > 0 and int(info["num_gpu_blocks"]) > 0
+
+    # /metrics/epp: the same families alone, for the picker's 50 ms scrapes.
+    r = http.get("/metrics/epp")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    picker = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert set(picker) == set(PICKER_METRICS)
+    for name in PICKER_METRICS:
+        assert picker[name].type == families[name].type
+        assert [s.labels for s in picker[name].samples] == [
+            s.labels for s in families[name].samples
+        ]
+    assert len(r.content) * 10 < len(http.get("/metrics").content)
