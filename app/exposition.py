@@ -9,8 +9,9 @@ the CPU fixture's machine). Series are few and fixed, so the text before
 each value (`name{label="value",...} `) and each family's HELP/TYPE header
 are built once and kept; a scrape then formats only values.
 
-The output is the same text as `generate_latest` (a unit test compares them
-on every metric type, and the API tests on the real engine's registry).
+The output is the same text as `generate_latest` (unit tests compare them on
+every metric type and on the gateway's own registry; the API tests parse
+the real engine's `/metrics` and `/metrics/epp`).
 `names` restricts it to some families, collecting only their collectors
 (prometheus_client's `restricted_registry`).
 """
@@ -39,8 +40,9 @@ class Exposition:
     def __init__(self, registry: CollectorRegistry):
         self._registry = registry
         self._headers: dict[tuple[str, str, str], str] = {}
-        # (sample name, label items) -> 'name{label="value",...} '
-        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        # (sample name, label items) -> ('name{label="value",...} ', the
+        # OpenMetrics-only suffix the sample carries, or "")
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str]] = {}
 
     def render(self, names: Iterable[str] | None = None) -> bytes:
         registry = self._registry if names is None else self._registry.restricted_registry(names)
@@ -55,24 +57,28 @@ class Exposition:
         if header is None:
             header = self._headers[key] = _text(Metric(*key))
         out.append(header)
-        prefixes = self._prefixes
+        series = self._series
         om: dict[str, list[str]] | None = None
         for sample in metric.samples:
             name, labels, value, timestamp = sample[0], sample[1], sample[2], sample[3]
             skey = (name, tuple(labels.items()))
-            prefix = prefixes.get(skey)
-            if prefix is None:
-                if len(prefixes) > _MAX_SERIES:
-                    prefixes.clear()
-                prefix = prefixes[skey] = self._prefix(sample)
+            known = series.get(skey)
+            if known is None:
+                if len(series) > _MAX_SERIES:
+                    series.clear()
+                rest = name[len(metric.name) :] if name.startswith(metric.name) else ""
+                known = series[skey] = (
+                    self._prefix(sample),
+                    rest if rest in _OM_SUFFIXES else "",
+                )
+            prefix, suffix = known
             value = float(value)
             # repr is floatToGoString's own answer below 1e6 (Go's exponents
             # start there); inf and nan fail the test and go to it.
             line = prefix + (repr(value) if -_INF < value < 1e6 else _go_float(value))
             if timestamp is not None:
                 line += f" {int(float(timestamp) * 1000):d}"
-            suffix = name[len(metric.name) :] if name.startswith(metric.name) else ""
-            if suffix in _OM_SUFFIXES:
+            if suffix:
                 om = om or {}
                 om.setdefault(suffix, []).append(line + "\n")
             else:
