@@ -8,6 +8,10 @@ fresh registry. Label sets are fixed and small: `model`, plus `endpoint`,
 Per-request latencies are measured at the gateway (what a client sees, our
 own overhead included); per-step batch figures come from vLLM's stat logger
 (see `EngineStep`).
+
+Every one of them is written on the event loop (routes, middleware, the
+streams, vLLM's stat logger callback), so they are app.loop_metrics' lock-free
+kind: prometheus_client's classes without the lock per write.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import reject_reasons
 from app.exposition import Exposition
-from app.loop_metrics import LoopCounter, LoopHistogram
+from app.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 if TYPE_CHECKING:
     from app.admission import Admission
@@ -57,16 +61,16 @@ class Metrics:
 
         # hist/gauge/counter: the series of this model; *_by: the labelled family.
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, m, registry=registry, buckets=buckets).labels(model)
+            return LoopHistogram(name, doc, m, registry=registry, buckets=buckets).labels(model)
 
         def gauge_by(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            return Gauge(name, doc, [*m, *labels], registry=registry)
+            return LoopGauge(name, doc, [*m, *labels], registry=registry)
 
         def gauge(name: str, doc: str) -> Gauge:
             return gauge_by(name, doc, ()).labels(model)
 
         def counter_by(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, doc, [*m, *labels], registry=registry)
+            return LoopCounter(name, doc, [*m, *labels], registry=registry)
 
         def counter(name: str, doc: str) -> Counter:
             return counter_by(name, doc, ()).labels(model)
@@ -81,13 +85,10 @@ class Metrics:
             "Per request: (e2e latency - TTFT) / (output tokens - 1); requests with >= 2 tokens.",
             TOKEN_LATENCY_BUCKETS,
         )
-        # Observed per token: the lock-free kind (app.loop_metrics).
-        self.itl = LoopHistogram(
+        self.itl = hist(
             "gateway_inter_token_latency_seconds",
             "Seconds between consecutive output tokens of a request (k tokens in a step: k gaps).",
             TOKEN_LATENCY_BUCKETS,
-            model,
-            registry,
         )
         self.e2e = hist(
             "gateway_e2e_request_latency_seconds",
@@ -155,8 +156,8 @@ class Metrics:
             "gateway_prompt_cached_tokens_total",
             "Prompt tokens the engine found in its prefix cache (not computed again).",
         )
-        self.generation_tokens = LoopCounter(  # per output: the lock-free kind
-            "gateway_generation_tokens_total", "Output tokens generated.", model, registry
+        self.generation_tokens = counter(
+            "gateway_generation_tokens_total", "Output tokens generated."
         )
         self.truncated_requests = counter(
             "gateway_truncated_requests_total", "Requests whose prompt was truncated."

@@ -31,6 +31,17 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+def vllm_delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """Summed over vLLM's series of `name` that carry these labels (its own
+    label set: model_name, engine, ...)."""
+
+    def total(samples: Samples) -> float:
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+    return total(after) - total(before)
+
+
 def test_known_workload_gives_exact_counts(http: httpx.Client, client: openai.OpenAI) -> None:
     before = scrape(http)
     for stream in (False, True, False):
@@ -67,6 +78,13 @@ def test_known_workload_gives_exact_counts(http: httpx.Client, client: openai.Op
     tpot_sum = delta(before, after, "gateway_time_per_output_token_seconds_sum")
     e2e_sum = delta(before, after, "gateway_e2e_request_latency_seconds_sum")
     assert 0 < tpot_sum * 9 < e2e_sum  # TPOT excludes the first token's wait
+    # vLLM's own families (its stat logger on app.loop_metrics) count the same.
+    assert vllm_delta(before, after, "vllm:generation_tokens_total") == 30
+    assert vllm_delta(before, after, "vllm:prompt_tokens_total") == 18
+    assert vllm_delta(before, after, "vllm:request_success_total", finished_reason="length") == 3
+    assert vllm_delta(before, after, "vllm:e2e_request_latency_seconds_count") == 3
+    assert vllm_delta(before, after, "vllm:inter_token_latency_seconds_count") == 27
+    assert vllm_delta(before, after, "vllm:iteration_tokens_total_count") >= 10
 
 
 def test_batch_occupancy_follows_concurrent_streams(http: httpx.Client, gateway: Gateway) -> None:
