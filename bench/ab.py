@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import MODEL, NAME, ROOT, measured
-from bench.servers import Server, gateway, vllm_server
+from bench.servers import Server, gateway, thinnest, vllm_server
 
 KEYS = (
     "api_cpu_ms_per_1k_tokens",
@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rev", help="also run the gateway at this commit")
     p.add_argument("--no-vllm", action="store_true", help="gateways only")
+    p.add_argument("--thinnest", action="store_true", help="also bench.thinnest (a floor)")
     p.add_argument("--prompts", type=int, help="per level (default max(16, 4c))")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -59,6 +60,8 @@ def main() -> None:
         starters.append(lambda log: gateway(MODEL, log, NAME, cwd=old, name=f"gw@{a.rev}"))
     env = dict(kv.split("=", 1) for kv in a.env)
     starters.append(lambda log: gateway(MODEL, log, NAME, env=env))
+    if a.thinnest:
+        starters.append(lambda log: thinnest(MODEL, log, NAME))
     if not a.no_vllm:
         starters.append(lambda log: vllm_server(MODEL, log, NAME))
 

@@ -92,6 +92,13 @@ def gateway(
     return Server(name, cmd, port, log, cwd, env)
 
 
+def thinnest(model: str, log: Path, served_name: str) -> Server:
+    """bench.thinnest: the engine as the gateway builds it, next to no serving layer."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.thinnest", "--model", model, "--port", str(port)]
+    return Server("thinnest", [*cmd, "--served-model-name", served_name], port, log)
+
+
 def vllm_server(model: str, log: Path, served_name: str) -> Server:
     port = free_port()
     kwargs = engine_kwargs(model)
