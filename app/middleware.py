@@ -19,6 +19,12 @@ from app.utils import new_id
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+# The send below every middleware of ours, kept in the scope by
+# RequestContext for a response's body once it has started: the middleware
+# here (and Starlette's, and CORS) look at `http.response.start` only (status,
+# headers); none rewrites a body, so a stream's per-token chunks need not
+# pass through each of their wrappers.
+BODY_SEND = "gateway.body_send"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -38,6 +44,7 @@ class RequestContext:
         rid = incoming.decode() if _VALID_ID.match(incoming) else new_id()
         token = request_id_var.set(rid)
         header = (b"x-request-id", rid.encode())
+        scope[BODY_SEND] = send
 
         status = 499  # unless a response starts: the client went away first
 

@@ -29,6 +29,7 @@ from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
 from app.errors import EngineFailure, GatewayError
+from app.middleware import BODY_SEND
 from app.rejection import sse_error_data
 from app.sse import DONE_EVENT, sse_event
 
@@ -63,7 +64,9 @@ class StreamResponse(EventSourceResponse):
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(self._watch(receive, send, task))
         try:
-            await self._run(send)
+            # The start goes through every middleware; the body chunks, from
+            # below them (app.middleware.BODY_SEND says why).
+            await self._run(send, scope.get(BODY_SEND, send))
         except asyncio.CancelledError:
             if not self._left:
                 raise
@@ -76,10 +79,11 @@ class StreamResponse(EventSourceResponse):
             # asked for one: its engine request is aborted here.
             await self.stream.close()
 
-    async def _run(self, send: Send) -> None:
+    async def _run(self, send: Send, body_send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        send = body_send
         stream = self.stream
         try:
             while True:

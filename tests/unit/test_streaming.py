@@ -12,6 +12,7 @@ import pytest
 from starlette.types import Message
 
 from app.errors import EngineFailure, GatewayError
+from app.middleware import BODY_SEND
 from app.sse import line_safe
 from app.streaming import StreamResponse
 
@@ -132,3 +133,27 @@ async def test_keepalive_comments_while_waiting() -> None:
     pings = [b for b, _ in bodies(sent) if b.startswith(b": ping")]
     assert len(pings) >= 3
     assert all(b.endswith(b"\n\n") for b in pings)
+
+
+async def test_the_start_passes_the_middleware_and_the_body_goes_below_them() -> None:
+    """RequestContext keeps the send below every middleware in the scope
+    (app.middleware.BODY_SEND): the start (status, headers: what the
+    middleware look at) goes through them, each body chunk straight there."""
+    through: list[Message] = []
+    below: list[Message] = []
+
+    async def send(message: Message) -> None:
+        through.append(message)
+
+    async def body_send(message: Message) -> None:
+        below.append(message)
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "headers": [], BODY_SEND: body_send}
+    stream = Scripted("data: 1\n\n", "data: [DONE]\n\n")
+    await StreamResponse(stream, {}, 15)(scope, receive, send)
+    assert [m["type"] for m in through] == ["http.response.start"]
+    assert bodies(below) == [(b"data: 1\n\n", True), (b"data: [DONE]\n\n", False)]
