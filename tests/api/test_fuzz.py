@@ -93,7 +93,31 @@ def operations(api: Any) -> list[Any]:
     return ops
 
 
-def check_response(name: str, case: Any, response: Any) -> None:
+def replaced(value: Any, old: str, new: str) -> Any:
+    """`value` with every string (and key) equal to `old` made `new`."""
+    if isinstance(value, str):
+        return new if value == old else value
+    if isinstance(value, dict):
+        return {replaced(k, old, new): replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(replaced(v, old, new) for v in value)
+    return value
+
+
+def echoes(case: Any, sent: str, url: str) -> bool:
+    """Whether the answer repeats `sent`, or only has it in its own words (a
+    fuzzed "Invali" is in "Invalid value"): ask again with `sent` replaced by
+    a marker of the same length and look for the marker."""
+    marker = ("zqxj" * len(sent))[: len(sent)]
+    saved = case.body, case.query, case.path_parameters
+    try:
+        case.body, case.query, case.path_parameters = (replaced(v, sent, marker) for v in saved)
+        return marker in case.call(base_url=url, timeout=60).text
+    finally:
+        case.body, case.query, case.path_parameters = saved
+
+
+def check_response(name: str, case: Any, response: Any, url: str) -> None:
     status = response.status_code
     assert status < 500, (name, status, response.text[:500])
     if status >= 400:
@@ -103,6 +127,7 @@ def check_response(name: str, case: Any, response: Any) -> None:
         sent = strings(case.body) + strings(case.query or {})
         sent += strings(list((case.path_parameters or {}).values()))
         echoed = [s for s in sent if len(s) >= 6 and s in response.text and s not in SCHEMA_WORDS]
+        echoed = [s for s in echoed if echoes(case, s, url)]
         assert not echoed, (name, status, echoed, response.text[:300])
 
 
@@ -120,7 +145,7 @@ def fuzz(op: Any, mode: GenerationMode, url: str, ran: Counter[str]) -> None:
     def check(case: Any, tamed: bool) -> None:
         if mode is GenerationMode.POSITIVE or tamed:
             tame(case.body)
-        check_response(name, case, case.call(base_url=url, timeout=60))
+        check_response(name, case, case.call(base_url=url, timeout=60), url)
         ran[name] += 1
 
     try:
