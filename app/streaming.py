@@ -83,6 +83,7 @@ class StreamResponse(EventSourceResponse):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        send = body_send
         stream = self.stream
         try:
             while True:
@@ -90,7 +91,7 @@ class StreamResponse(EventSourceResponse):
                 if stream.done:
                     break
                 if events:
-                    await body_send(
+                    await send(
                         {"type": "http.response.body", "body": events.encode(), "more_body": True}
                     )
         except GatewayError as exc:
@@ -105,7 +106,7 @@ class StreamResponse(EventSourceResponse):
         # ping goes out). The admission place goes back before the last write.
         self.active = False
         await stream.close()
-        await body_send({"type": "http.response.body", "body": events.encode(), "more_body": False})
+        await send({"type": "http.response.body", "body": events.encode(), "more_body": False})
 
     async def _watch(self, receive: Receive, send: Send, task: asyncio.Task[None]) -> None:
         """Wait for the client's disconnect (then cancel the stream) and send
