@@ -66,7 +66,14 @@ class StreamResponse(EventSourceResponse):
         try:
             # The start goes through every middleware; the body chunks, from
             # below them (app.middleware.BODY_SEND says why).
-            await self._run(send, scope.get(BODY_SEND, send))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await self._run(scope.get(BODY_SEND, send))
         except asyncio.CancelledError:
             if not self._left:
                 raise
@@ -79,11 +86,8 @@ class StreamResponse(EventSourceResponse):
             # asked for one: its engine request is aborted here.
             await self.stream.close()
 
-    async def _run(self, send: Send, body_send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        send = body_send
+    async def _run(self, send: Send) -> None:
+        """The body: events as the stream yields them, then [DONE] or an error."""
         stream = self.stream
         try:
             while True:
