@@ -18,10 +18,7 @@ from app.endpoints import Endpoints
 from app.errors import AuthenticationFailed, GatewayError, RateLimited
 from app.ratelimit import RateLimiter
 from app.rejection import Rejections
-
-# The scope key under which an authenticated request carries its key's digest
-# (what app.prepare derives the tenant's prefix-cache salt from).
-TENANT = "gateway.tenant"
+from app.scopes import TENANT
 
 
 def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from app.chat_template import ChatTemplate
 from app.context import check_max_tokens
 from app.errors import ContextLengthExceeded, InvalidRequest
-from app.prepare import PreparedCompletion, PreparedPrompt, Preparer
+from app.ids import new_id
+from app.prepare import Preparer
+from app.prepared import PreparedCompletion, PreparedPrompt
 from app.schemas import ChatCompletionRequest, ChatMessage, TextPart
 from app.tokenizer import AsyncTokenizer
-from app.utils import new_id
 
 Message = dict[str, str]  # {"role", "content"}: what the template sees
 

@@ -18,13 +18,9 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, TemplateMissing
 
 SHIPPED = Path(__file__).parent / "chat_templates"
-
-
-class TemplateMissing(InvalidRequest):
-    code = "chat_template_missing"
 
 
 def load_source(setting: str | None, tokenizer: Any) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from app.engine.protocol import Logprob, PositionLogprobs, RequestOutput, Tokenizer
 from app.metrics import Metrics, RequestTimer
-from app.prepare import PreparedCompletion
+from app.prepared import PreparedCompletion
 from app.schemas import CompletionChoice, CompletionLogprobs, Usage
 
 

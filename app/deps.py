@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from app.auth import TENANT
 from app.config import Settings
 from app.errors import Unavailable
 from app.exposition import Exposition
 from app.lifecycle import Lifecycle, Phase, Supervisor
-from app.prepare import ServedModel
+from app.prepared import ServedModel
+from app.scopes import TENANT
 from app.service import CompletionService
 from app.tokenizer import AsyncTokenizer
 

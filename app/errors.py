@@ -53,6 +53,12 @@ class ContextLengthExceeded(InvalidRequest):
     reason = "context_length"
 
 
+class TemplateMissing(InvalidRequest):
+    """A chat request, and no chat template configured or shipped with the tokenizer."""
+
+    code = "chat_template_missing"
+
+
 class ModelNotFound(GatewayError):
     status = HTTPStatus.NOT_FOUND
     type = "invalid_request_error"

@@ -10,7 +10,7 @@ from json.encoder import encode_basestring as quote
 from typing import Any
 
 from app.choices import Choice, Choices, Delta
-from app.prepare import PreparedCompletion
+from app.prepared import PreparedCompletion
 from app.schemas import CompletionLogprobs, Usage
 from app.sse import line_safe, sse_event
 

@@ -24,7 +24,7 @@ from app.admission import Admission, Place
 from app.engine.protocol import Engine, RequestOutput
 from app.errors import GatewayError, RequestTimeout
 from app.metrics import Metrics
-from app.prepare import PreparedCompletion, PreparedPrompt
+from app.prepared import PreparedCompletion, PreparedPrompt
 
 Tagged = tuple[int, RequestOutput]  # (prompt index, engine output)
 

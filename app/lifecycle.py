@@ -21,6 +21,7 @@ from app.admission import Admission
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.errors import EngineStalled
+from app.inflight import InFlight
 from app.metrics import EngineStep, Metrics
 from app.service import CompletionService
 from app.warmup import warm_up
@@ -81,31 +82,6 @@ class Lifecycle:
             "phase_durations": dict(self.durations),
             "error": self.error,
         }
-
-
-class InFlight:
-    """Count of HTTP requests being served, and a way to wait until none are."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
 
 EngineBuilder = Callable[[], Awaitable[Engine]]

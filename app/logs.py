@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-from app.middleware import request_id_var
+from app.scopes import request_id_var
 
 
 class _RequestIdFilter(logging.Filter):

@@ -20,7 +20,7 @@ from app.engine.protocol import Engine
 from app.lifecycle import Supervisor
 from app.metrics import EngineStep, Metrics
 from app.middleware import BodyLimit, InternalErrors, RequestContext
-from app.prepare import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
+from app.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.ratelimit import RateLimiter
 from app.rejection import Rejections, install_error_handlers
 from app.routes import completions, health, info, models, tokenize

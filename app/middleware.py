@@ -4,27 +4,18 @@ count of in-flight requests that drain waits for, the body limit, and the
 
 from __future__ import annotations
 
-import contextvars
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.endpoints import Endpoints
 from app.errors import PayloadTooLarge
-from app.lifecycle import InFlight
+from app.ids import new_id
+from app.inflight import InFlight
 from app.metrics import Metrics
 from app.rejection import Rejections, unexpected_error
-from app.utils import new_id
+from app.scopes import BODY_SEND, request_id_var
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
-# The send below every middleware of ours, kept in the scope by
-# RequestContext for a response's body once it has started: the middleware
-# here (and Starlette's, and CORS) look at `http.response.start` only (status,
-# headers); none rewrites a body, so a stream's per-token chunks need not
-# pass through each of their wrappers.
-BODY_SEND = "gateway.body_send"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 

@@ -18,7 +18,8 @@ from app.errors import EngineFailure, EngineStalled, GatewayError, RequestTimeou
 from app.formats import CHAT, TEXT, TextFormat
 from app.generation import Generation, Runner
 from app.metrics import Metrics
-from app.prepare import PreparedCompletion, Preparer
+from app.prepare import Preparer
+from app.prepared import PreparedCompletion
 from app.schemas import ChatCompletionRequest, CompletionRequest
 from app.sse import DONE_EVENT, sse_event
 from app.tokenizer import AsyncTokenizer

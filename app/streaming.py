@@ -29,8 +29,8 @@ from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
 from app.errors import EngineFailure, GatewayError
-from app.middleware import BODY_SEND
 from app.rejection import sse_error_data
+from app.scopes import BODY_SEND
 from app.sse import DONE_EVENT, sse_event
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class StreamResponse(EventSourceResponse):
         watcher = asyncio.get_running_loop().create_task(self._watch(receive, send, task))
         try:
             # The start goes through every middleware; the body chunks, from
-            # below them (app.middleware.BODY_SEND says why).
+            # below them (app.scopes.BODY_SEND says why).
             await send(
                 {
                     "type": "http.response.start",

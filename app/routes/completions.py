@@ -7,9 +7,9 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.deps import Completing, get_completing
+from app.responses import json_response
 from app.schemas import ChatCompletionRequest, CompletionRequest
 from app.streaming import StreamResponse
-from app.utils import json_response
 
 router = APIRouter()
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response
 from app.deps import LifecycleDep, StatusDep
 from app.endpoints import PROBE
 from app.lifecycle import Phase
-from app.utils import json_response
+from app.responses import json_response
 
 router = APIRouter(tags=[PROBE])
 

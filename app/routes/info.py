@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response
 
 from app import __version__
 from app.deps import EngineInfoDep, LifecycleDep, SettingsDep
-from app.utils import json_response
+from app.responses import json_response
 
 router = APIRouter()
 

@@ -5,9 +5,9 @@ import time
 from fastapi import APIRouter, Response
 
 from app.deps import ModelDep
-from app.prepare import ServedModel
+from app.prepared import ServedModel
+from app.responses import json_response
 from app.schemas import ModelCard, ModelList
-from app.utils import json_response
 
 router = APIRouter()
 _CREATED = int(time.time())

@@ -4,8 +4,8 @@ from fastapi import APIRouter, Response
 
 from app.deps import ModelDep, TokenizerDep
 from app.errors import InvalidRequest
+from app.responses import json_response
 from app.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from app.utils import json_response
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from app.choices import Choices
 from app.engine.protocol import SamplingOptions
 from app.metrics import Metrics, RequestTimer
-from app.prepare import PreparedCompletion, PreparedPrompt
+from app.prepared import PreparedCompletion, PreparedPrompt
 from tests.support.fake_engine import CharTokenizer, Lp, Out, ReqOut
 from tests.support.metrics import parse, value
 

@@ -12,7 +12,7 @@ import pytest
 from starlette.types import Message
 
 from app.errors import EngineFailure, GatewayError
-from app.middleware import BODY_SEND
+from app.scopes import BODY_SEND
 from app.sse import line_safe
 from app.streaming import StreamResponse
 
@@ -137,7 +137,7 @@ async def test_keepalive_comments_while_waiting() -> None:
 
 async def test_the_start_passes_the_middleware_and_the_body_goes_below_them() -> None:
     """RequestContext keeps the send below every middleware in the scope
-    (app.middleware.BODY_SEND): the start (status, headers: what the
+    (app.scopes.BODY_SEND): the start (status, headers: what the
     middleware look at) goes through them, each body chunk straight there."""
     through: list[Message] = []
     below: list[Message] = []

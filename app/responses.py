@@ -1,22 +1,11 @@
-"""Small shared helpers."""
+"""JSON answers for the routes."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import secrets
 from typing import Any
 
 from starlette.responses import Response
-
-# Unique ids without a random draw per request: 64 random bits per process,
-# then a counter (32 hex characters, like a uuid4's hex).
-_ID_PREFIX = secrets.token_hex(8)
-_ID_COUNTER = itertools.count()
-
-
-def new_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def json_response(
