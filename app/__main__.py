@@ -13,11 +13,11 @@ import sys
 
 import uvicorn
 
-from app.checks import ConfigError, startup_settings
-from app.http import HeaderLimits, protocol_class
-from app.logs import configure
+from app.api.header_limits import HeaderLimits, protocol_class
+from app.lifecycle.server import GatewayServer
+from app.lifecycle.startup_checks import ConfigError, startup_settings
 from app.main import create_app
-from app.server import GatewayServer
+from app.observability.logs import configure
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # ours, from app.logs
+        log_config=None,  # ours, from app.observability.logs
         http=protocol_class(
             HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout),
             on_reject=app.state.rejections.count,

@@ -1,7 +1,7 @@
 """The gateway's exceptions: what a client is told when a request cannot be
 served. A leaf: it imports nothing from the app. How each one becomes an HTTP
 answer or an SSE error event, and which are counted as rejections, is
-decided in one place, app/rejection.py.
+decided in one place, app/api/rejection.py.
 
 Messages are written by us: never a stack trace, never an echo of the input.
 """

@@ -13,18 +13,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
-from app.auth import ApiKeyAuth, load_keys
+from app.api.auth import ApiKeyAuth, load_keys
+from app.api.middleware import BodyLimit, InternalErrors, RequestContext
+from app.api.ratelimit import RateLimiter
+from app.api.rejection import Rejections, install_error_handlers
+from app.api.route_table import Endpoints
+from app.api.routes import completions, health, info, models, tokenize
+from app.api.routes import metrics as metrics_routes
+from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.config import Settings
-from app.endpoints import Endpoints
 from app.engine.protocol import Engine
-from app.lifecycle import Supervisor
-from app.metrics import EngineStep, Metrics
-from app.middleware import BodyLimit, InternalErrors, RequestContext
-from app.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
-from app.ratelimit import RateLimiter
-from app.rejection import Rejections, install_error_handlers
-from app.routes import completions, health, info, models, tokenize
-from app.routes import metrics as metrics_routes
+from app.lifecycle.supervisor import Supervisor
+from app.observability.metrics import EngineStep, Metrics
 
 
 def create_app(

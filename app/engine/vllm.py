@@ -49,8 +49,8 @@ from app.config import DEVICE_ENV_DEFAULTS, Settings
 from app.engine.preflight import check_npu
 from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
-from app.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
-from app.metrics import EngineStep
+from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
+from app.observability.metrics import EngineStep
 
 try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
     from vllm.exceptions import VLLMClientError
@@ -212,7 +212,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _StepLogger(StatLoggerBase):
-    """vLLM's per-step stats, turned into plain numbers for app.metrics.
+    """vLLM's per-step stats, turned into plain numbers for app.observability.metrics.
 
     vLLM marks SchedulerStats/IterationStats unstable, so every field is read
     with a default: a renamed field degrades one figure, not the engine.
@@ -267,7 +267,7 @@ class _PrometheusLogger(PrometheusStatLogger):
     """vLLM's own Prometheus stat logger (the same `vllm:*` families, labels
     and buckets) on lock-free metrics: it records once per engine step on
     the event loop, inter-token latency once per token, and was ~9% of this
-    process's CPU in-process at c=8 (app.loop_metrics says why)."""
+    process's CPU in-process at c=8 (app.observability.loop_metrics says why)."""
 
     _gauge_cls = LoopGauge
     _counter_cls = LoopCounter

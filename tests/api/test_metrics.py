@@ -78,7 +78,7 @@ def test_known_workload_gives_exact_counts(http: httpx.Client, client: openai.Op
     tpot_sum = delta(before, after, "gateway_time_per_output_token_seconds_sum")
     e2e_sum = delta(before, after, "gateway_e2e_request_latency_seconds_sum")
     assert 0 < tpot_sum * 9 < e2e_sum  # TPOT excludes the first token's wait
-    # vLLM's own families (its stat logger on app.loop_metrics) count the same.
+    # vLLM's own families (its stat logger on app.observability.loop_metrics) count the same.
     assert vllm_delta(before, after, "vllm:generation_tokens_total") == 30
     assert vllm_delta(before, after, "vllm:prompt_tokens_total") == 18
     assert vllm_delta(before, after, "vllm:request_success_total", finished_reason="length") == 3

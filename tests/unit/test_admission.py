@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.admission import Admission
+from app.completion.admission import Admission
 from app.errors import Overloaded
 
 

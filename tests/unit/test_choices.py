@@ -1,4 +1,4 @@
-"""The choice accumulator (app/choices.py) on scripted engine outputs, with no
+"""The choice accumulator (app/completion/choices.py) on scripted engine outputs, with no
 engine: what a stream sends adds up to what the whole answer says, for echo,
 logprobs (prompt logprobs with n > 1 included), best_of, finish reasons and
 multi-token deltas."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from app.choices import Choices
+from app.completion.choices import Choices
+from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import SamplingOptions
-from app.metrics import Metrics, RequestTimer
-from app.prepared import PreparedCompletion, PreparedPrompt
+from app.observability.metrics import Metrics, RequestTimer
 from tests.support.fake_engine import CharTokenizer, Lp, Out, ReqOut
 from tests.support.metrics import parse, value
 
@@ -198,7 +198,7 @@ def _text(m: Metrics) -> str:
 
 
 def test_coalescing_merges_deltas_after_the_first_and_keeps_the_text() -> None:
-    from app.service import _coalesced
+    from app.completion.service import _coalesced
 
     acc = Choices(prepared(logprobs=0), TOK, metrics())
     feed = _coalesced(acc.feed, 3)

@@ -1,4 +1,4 @@
-"""Properties of the context-limit rules (app/context.py), checked by hypothesis
+"""Properties of the context-limit rules (app/completion/context_limit.py), checked by hypothesis
 over prompts, limits, max_tokens, truncate_prompt_tokens and BOS."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.context import check_max_tokens, fit_prompt
+from app.completion.context_limit import check_max_tokens, fit_prompt
 from app.errors import ContextLengthExceeded
 
 BOS = 1

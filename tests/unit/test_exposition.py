@@ -1,4 +1,4 @@
-"""app.exposition renders exactly what prometheus_client's generate_latest
+"""app.observability.exposition renders exactly what prometheus_client's generate_latest
 does, on every metric type, after values change, and restricted to names."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeHistogramMetricFamily, Metric
 
-from app.exposition import Exposition
-from app.metrics import Metrics
+from app.observability.exposition import Exposition
+from app.observability.metrics import Metrics
 
 
 class _GaugeHistogram:

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app.completion.tokenizer import INLINE_CHARS
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.errors import EngineFailure, Unavailable
 from app.main import create_app
-from app.tokenizer import INLINE_CHARS
 from tests.support.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
 from tests.support.metrics import Samples, parse, value

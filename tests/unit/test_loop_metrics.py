@@ -1,4 +1,4 @@
-"""app.loop_metrics behaves and exposes as prometheus_client's own Counter,
+"""app.observability.loop_metrics behaves and exposes as prometheus_client's own Counter,
 Gauge and Histogram do for the same calls (bounds included: le is
 inclusive), errors included; only the `_created` timestamps differ."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
-from app.metrics import TOKEN_LATENCY_BUCKETS
+from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
+from app.observability.metrics import TOKEN_LATENCY_BUCKETS
 
 
 def _exposition(registry: CollectorRegistry) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""Every refusal is answered and counted in one place (app/rejection.py); the
+"""Every refusal is answered and counted in one place (app/api/rejection.py); the
 lists that used to be kept by hand (reject reasons, endpoint labels, open
 and drained routes, validation field names) are derived, and the README's
 metrics table is held to the code."""
@@ -10,11 +10,11 @@ import re
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.endpoints import Endpoints
+from app.api.route_table import Endpoints
+from app.api.validation import FIELDS
 from app.errors import GatewayError, reject_reasons
 from app.main import create_app
-from app.metrics import Metrics
-from app.validation import FIELDS
+from app.observability.metrics import Metrics
 from tests.support.fake_engine import FakeEngine, Out, ReqOut
 from tests.support.gateway import ROOT
 from tests.support.inprocess import serve

@@ -1,4 +1,4 @@
-"""The SSE response's own loop (app.streaming): what it writes, in how many
+"""The SSE response's own loop (app.api.sse_response): what it writes, in how many
 messages, and how it ends when the stream breaks or the client leaves.
 Driven through ASGI directly with a scripted event stream; the real engine
 and sockets are in tests/api."""
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
+from app.api.sse_response import StreamResponse
+from app.completion.sse import line_safe
 from app.errors import EngineFailure, GatewayError
 from app.scopes import BODY_SEND
-from app.sse import line_safe
-from app.streaming import StreamResponse
 
 pytestmark = pytest.mark.anyio
 

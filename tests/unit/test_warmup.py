@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.engine.protocol import SamplingOptions
-from app.warmup import batch_sizes, warm_up
+from app.engine.warmup import batch_sizes, warm_up
 from tests.support.fake_engine import FakeEngine, Out, ReqOut
 
 

@@ -1,0 +1,140 @@
+"""ASGI middleware: request ids (honouring an incoming x-request-id), the
+count of in-flight requests that drain waits for, the body limit, and the
+500 for an unexpected exception."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.rejection import Rejections, unexpected_error
+from app.api.route_table import Endpoints
+from app.errors import PayloadTooLarge
+from app.ids import new_id
+from app.lifecycle.inflight import InFlight
+from app.observability.metrics import Metrics
+from app.scopes import BODY_SEND, request_id_var
+
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, endpoints: Endpoints, inflight: InFlight, metrics: Metrics):
+        self.app = app
+        self.endpoints = endpoints
+        self.inflight = inflight
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"")
+        # Only a well-formed id is echoed back; anything else gets a fresh one.
+        rid = incoming.decode() if _VALID_ID.match(incoming) else new_id()
+        token = request_id_var.set(rid)
+        header = (b"x-request-id", rid.encode())
+        scope[BODY_SEND] = send
+
+        status = 499  # unless a response starts: the client went away first
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        endpoint = self.endpoints.match(scope["path"])
+        if endpoint.drained:
+            self.inflight.enter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if endpoint.drained:
+                self.inflight.leave()
+            self.metrics.request_answered(endpoint.label, status)
+            request_id_var.reset(token)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with an OpenAI-style 413, whether
+    the client declares the size (Content-Length) or sends it chunked."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, rejections: Rejections):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.rejections = rejections
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self.rejections.send(self._error(), scope, receive, send)
+            return
+        if declared is not None:
+            # The HTTP parser holds a body to its declared length.
+            await self.app(scope, receive, send)
+            return
+        # Chunked: read it here (at most the limit) and hand it on whole.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away mid-body
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self.rejections.send(self._error(), scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        pending: Message | None = {"type": "http.request", "body": b"".join(chunks)}
+
+        async def replay() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes.")
+
+
+class InternalErrors:
+    """An unexpected exception becomes a bare OpenAI-style 500, logged once.
+
+    Starlette answers it only in its outermost layer, outside every
+    middleware, and re-raises it for the server to log again: the response
+    then had no request id and was counted as a client that went away. Here
+    it is answered inside RequestContext. Once a response has started there
+    is nothing left to answer with: the exception goes on and the connection
+    is closed."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            await unexpected_error(exc)(scope, receive, send)

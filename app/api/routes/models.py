@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import ModelDep
+from app.api.responses import json_response
+from app.completion.prepared import ServedModel
+from app.completion.schemas import ModelCard, ModelList
+
+router = APIRouter()
+_CREATED = int(time.time())
+
+
+def _card(model: ServedModel) -> ModelCard:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": _CREATED,
+        "owned_by": "ascend-llm-gateway",
+        "root": model.name,
+        "parent": None,
+        "max_model_len": model.max_model_len,
+    }
+
+
+@router.get("/v1/models", response_model=None)
+async def list_models(model: ModelDep) -> Response:
+    """List the served model."""
+    body: ModelList = {"object": "list", "data": [_card(model)]}
+    return json_response(body)
+
+
+@router.get("/v1/models/{model_id:path}", response_model=None)
+async def get_model(model_id: str, model: ModelDep) -> Response:
+    """Describe the served model; 404 for any other id."""
+    model.check(model_id)
+    return json_response(_card(model))

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import ModelDep, TokenizerDep
+from app.api.responses import json_response
+from app.completion.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from app.errors import InvalidRequest
+
+router = APIRouter()
+
+
+@router.post("/tokenize", response_model=None)
+async def tokenize(body: TokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
+    """Count and list the tokens of a prompt (vLLM's shape)."""
+    model.check(body.model)
+    tokens = await tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    result: TokenizeResponse = {
+        "count": len(tokens),
+        "max_model_len": model.max_model_len,
+        "tokens": tokens,
+    }
+    if body.return_token_strs:
+        result["token_strs"] = await tokenizer.token_strs(tokens)
+    return json_response(result)
+
+
+@router.post("/detokenize", response_model=None)
+async def detokenize(body: DetokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
+    """Turn token ids back into text (vLLM's shape)."""
+    model.check(body.model)
+    if body.tokens and max(body.tokens) >= model.vocab_size:
+        raise InvalidRequest(
+            f"Token ids must be below the vocabulary size {model.vocab_size}.", param="tokens"
+        )
+    result: DetokenizeResponse = {
+        "prompt": await tokenizer.decode(body.tokens, skip_special_tokens=False)
+    }
+    return json_response(result)

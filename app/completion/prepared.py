@@ -1,0 +1,72 @@
+"""A request made ready to run, as plain data: its prompts (tokenised and
+fitted), sampling options, and how to present it; the served model's
+identity and limits. Built by app.completion.prepare, read by everything after it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.engine.protocol import SamplingOptions
+from app.errors import ModelNotFound
+
+TRUNCATED_HEADER = "x-truncated-prompt-tokens"
+TRUNCATED_MESSAGES_HEADER = "x-truncated-messages"
+
+
+@dataclass(slots=True)
+class PreparedPrompt:
+    token_ids: list[int]
+    text: str | None  # the caller's text when it was sent whole, for echo
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class PreparedCompletion:
+    """A validated request: what to run and how to present it."""
+
+    request_id: str
+    created: int
+    arrival: float  # time.monotonic() at arrival, for latency metrics
+    deadline: float | None  # time.monotonic() by which it must end (request_timeout)
+    model: str
+    prompts: list[PreparedPrompt]
+    options: SamplingOptions
+    n: int  # choices returned per prompt
+    echo: bool
+    logprobs: int | None  # top-k the client asked for, None for no logprobs
+    include_usage: bool
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: "token_id:<id>"
+    chat: bool = False  # answered as chat.completion(.chunk)
+    dropped_messages: int = 0  # chat: oldest messages dropped to fit
+    cache_salt: str | None = None  # the prefix-cache partition (Preparer.cache_salt)
+    stream_interval: int = 1  # at most this many tokens per stream event after the first
+
+    @property
+    def dropped_tokens(self) -> int:
+        return sum(p.dropped for p in self.prompts)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    def headers(self) -> dict[str, str]:
+        headers = {TRUNCATED_HEADER: str(self.dropped_tokens)}
+        if self.chat:
+            headers[TRUNCATED_MESSAGES_HEADER] = str(self.dropped_messages)
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """The model this gateway serves, and its limits."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+
+    def check(self, model: str | None) -> None:
+        """404 for any model id but ours (None: the client did not say)."""
+        if model is not None and model != self.name:
+            raise ModelNotFound(
+                f"The model does not exist; this gateway serves '{self.name}'.", param="model"
+            )

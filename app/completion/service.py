@@ -1,0 +1,180 @@
+"""Completions, composed: prepare (app.completion.prepare, app.completion.chat) -> run
+(app.completion.generation) -> choices (app.completion.choices), told in the endpoint's shape
+(app.completion.formats), whole or as a stream of JSON chunks. No FastAPI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from app.completion.admission import Admission
+from app.completion.chat import ChatPreparer
+from app.completion.chat_template import ChatTemplate, load_source
+from app.completion.choices import Choices, Delta
+from app.completion.formats import CHAT, TEXT, TextFormat
+from app.completion.generation import Generation, Runner
+from app.completion.prepare import Preparer
+from app.completion.prepared import PreparedCompletion
+from app.completion.schemas import ChatCompletionRequest, CompletionRequest
+from app.completion.sse import DONE_EVENT, sse_event
+from app.completion.tokenizer import AsyncTokenizer
+from app.config import Settings
+from app.engine.protocol import Engine, RequestOutput
+from app.errors import EngineFailure, EngineStalled, GatewayError, RequestTimeout, Unavailable
+from app.observability.metrics import Metrics
+
+
+class CompletionService:
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics, admission: Admission):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.tokenizer = AsyncTokenizer(engine.tokenizer)
+        self.preparer = Preparer(engine, settings, self.tokenizer, metrics)
+        tok = engine.tokenizer
+        template = ChatTemplate(
+            load_source(settings.chat_template, tok),
+            bos=str(getattr(tok, "bos_token", None) or ""),
+            eos=str(getattr(tok, "eos_token", None) or ""),
+        )
+        self.chat = ChatPreparer(self.preparer, template, self.tokenizer)
+        self.runner = Runner(engine, admission, metrics, settings.request_timeout)
+        self.model = self.preparer.model
+        # The error events a stream can end with, exported at 0 from the start
+        # so that rate() and the alert see the first one.
+        for error in (EngineFailure, EngineStalled, RequestTimeout, Unavailable):
+            metrics.stream_errors.labels(metrics.model, error.type)
+
+    async def prepare(
+        self, req: CompletionRequest | ChatCompletionRequest, tenant: bytes | None = None
+    ) -> PreparedCompletion:
+        if isinstance(req, ChatCompletionRequest):
+            return await self.chat.prepare(req, tenant)
+        return await self.preparer.prepare(req, tenant)
+
+    async def abort_all(self) -> None:
+        """Abort every engine request in flight (drain timeout)."""
+        await self.runner.abort_all()
+
+    async def complete(self, prep: PreparedCompletion) -> dict[str, Any]:
+        """The whole answer: the same deltas a stream sends, accumulated."""
+        choices = Choices(prep, self.tokenizer.sync, self.metrics)
+        async with self.runner.open(prep) as generation:
+            async for i, out in generation:
+                choices.feed(i, out)
+        fmt = CHAT if prep.chat else TEXT
+        return fmt.answer(prep, choices, choices.usage(generation.cached_tokens))
+
+    async def open_stream(self, prep: PreparedCompletion) -> CompletionStream:
+        """Admit the request now (503 when full). With a running place, start
+        it and wait for its first output, so that errors the engine raises on
+        admission still become a proper HTTP status. A queued request returns
+        at once: it waits inside the stream, whose keep-alive comments tell
+        the client and proxies that it is alive."""
+        generation = self.runner.open(prep)
+        choices = Choices(prep, self.tokenizer.sync, self.metrics)
+        stream = CompletionStream(generation, choices, CHAT if prep.chat else TEXT)
+        if generation.queued:
+            return stream
+        try:
+            await generation.start()
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+
+Feed = Callable[[int, RequestOutput], Iterable[Delta]]
+
+
+def _coalesced(feed: Feed, interval: int) -> Feed:
+    """`feed`, with each choice's deltas after its first merged until they
+    hold `interval` tokens or finish (vLLM 0.32's stream_interval, done here
+    so it works on every vLLM)."""
+    pending: dict[int, Delta] = {}
+
+    def merged(prompt_index: int, out: RequestOutput) -> Iterator[Delta]:
+        for d in feed(prompt_index, out):
+            if d.first:
+                yield d  # always alone: the time to first token is not traded away
+                continue
+            key = d.choice.index
+            held = pending.get(key)
+            if held is not None:
+                held.text += d.text
+                held.tokens += d.tokens
+                held.finish_reason = d.finish_reason
+                d = held
+            if d.tokens >= interval or d.finish_reason is not None:
+                pending.pop(key, None)
+                yield d
+            else:
+                pending[key] = d
+
+    return merged
+
+
+class CompletionStream:
+    """A streaming request, told as SSE events: each `next_events()` waits
+    for the engine's next output and returns the events it makes (several
+    joined into one write when they are ready together), the last time with
+    the usage chunk and `[DONE]`. `close()` aborts what is unfinished and
+    gives the admission place back; the HTTP layer calls it when the
+    response ends however it ends (even if no event was asked for), so
+    nothing is held after the client has gone.
+
+    A coroutine per output rather than an async generator of chunks: every
+    level of generator between the engine and the socket is resumed and
+    suspended again for every token of every stream."""
+
+    def __init__(self, generation: Generation, choices: Choices, fmt: TextFormat):
+        self.generation = generation
+        self.choices = choices
+        self.fmt = fmt
+        self.done = False
+        prep = generation.prep
+        self._head = fmt.head(prep)
+        self._usage_field = {"usage": None} if prep.include_usage else {}
+        self._encode = fmt.encoder(prep)
+        self._deltas: Feed = choices.feed
+        if prep.stream_interval > 1:
+            self._deltas = _coalesced(choices.feed, prep.stream_interval)
+        # One prompt's output that finishes it is the last: its events go
+        # out with the usage chunk and [DONE], in one write.
+        self._single = len(prep.prompts) == 1
+
+    async def next_events(self) -> str:
+        """The events of the next output ("" when it brought nothing to
+        send); after `done`, no more."""
+        generation, encode, fmt = self.generation, self._encode, self.fmt
+        events: list[str] = []
+        while True:
+            try:
+                i, out = await generation.__anext__()
+            except StopAsyncIteration:
+                events.append(self._end())
+                return "".join(events)
+            for d in self._deltas(i, out):
+                if fmt.opens and d.first:
+                    opening = {**self._head, "choices": [fmt.opening(d.choice)]}
+                    events.append(sse_event(json.dumps({**opening, **self._usage_field})))
+                events.append(encode(d))
+            if not (self._single and out.finished):
+                return "".join(events)
+            # The engine ends this stream right after its finished output.
+
+    def _end(self) -> str:
+        self.done = True
+        prep = self.generation.prep
+        if not prep.include_usage:
+            return DONE_EVENT
+        usage = self.choices.usage(self.generation.cached_tokens)
+        return sse_event(json.dumps({**self._head, "choices": [], "usage": usage})) + DONE_EVENT
+
+    def failed(self, error: GatewayError) -> None:
+        metrics = self.choices.metrics
+        metrics.stream_errors.labels(metrics.model, error.type).inc()
+
+    async def close(self) -> None:
+        await self.generation.close()

@@ -1,0 +1,1 @@
+"""Metrics (lock-free collectors, the exposition) and logs."""
