@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 Device = Literal["auto", "cpu", "npu"]
 Truncation = Literal["left", "error"]
 
+# The most tokens one SSE event may carry (GATEWAY_STREAM_INTERVAL and the
+# request's own stream_interval alike).
+MAX_STREAM_INTERVAL = 1024
+
 # The fixture built by `make fixture`; real deployments set GATEWAY_MODEL.
 DEFAULT_MODEL = ".cache/models/tiny-mobilellama"
 
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
     stream_interval: int = Field(
         1,
         ge=1,
-        le=1024,
+        le=MAX_STREAM_INTERVAL,
         description="At most this many tokens per SSE event after the first (always alone); "
         "fewer events cost the client and the gateway less CPU. Per request: stream_interval.",
     )
@@ -225,6 +229,11 @@ class Settings(BaseSettings):
                 "terminationGracePeriodSeconds."
             )
         return self
+
+    @property
+    def rate_limit_burst_or_default(self) -> int:
+        """The burst a key may send at once: as set, else 10 s of its rate."""
+        return self.rate_limit_burst or max(1, self.rate_limit_rpm // 6)
 
     @property
     def model_name(self) -> str:

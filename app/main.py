@@ -46,12 +46,12 @@ def create_app(
     settings = settings or Settings()
     metrics = Metrics(REGISTRY if registry is None else registry, settings.model_name)
 
-    async def build() -> Engine:
+    async def build(on_step: Callable[[EngineStep | None], None]) -> Engine:
         if engine is not None:
             return engine
         # Importing vllm (and torch) takes seconds: do it, and the build, off
         # the event loop. The import stays out of unit tests with a fake engine.
-        return await asyncio.to_thread(_build_vllm, settings, supervisor.engine_step)
+        return await asyncio.to_thread(_build_vllm, settings, on_step)
 
     supervisor = Supervisor(settings, build, metrics, on_exit)
 
@@ -87,9 +87,7 @@ def create_app(
             digests=digests,
             endpoints=endpoints,
             rejections=rejections,
-            limiter=RateLimiter(rpm, settings.rate_limit_burst or max(1, rpm // 6))
-            if rpm
-            else None,
+            limiter=RateLimiter(rpm, settings.rate_limit_burst_or_default) if rpm else None,
         )
     if settings.cors_origins:
         app.add_middleware(

@@ -13,7 +13,8 @@ from app.completion.service import CompletionService
 from app.completion.tokenizer import AsyncTokenizer
 from app.config import Settings
 from app.errors import Unavailable
-from app.lifecycle.supervisor import Lifecycle, Phase, Supervisor
+from app.lifecycle.phases import Lifecycle, Phase
+from app.lifecycle.supervisor import Supervisor
 from app.observability.exposition import Exposition
 from app.scopes import TENANT
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -124,7 +124,7 @@ class StreamResponse(EventSourceResponse):
                 if AppStatus.should_exit:  # the server is going: end the stream
                     break
                 if self.active:
-                    now = datetime.now(timezone.utc)
+                    now = datetime.now(UTC)
                     body = ServerSentEvent(comment=f"ping - {now}", sep=self.sep).encode()
                     # A ping that loses the race with the end of the body has
                     # nothing left to keep alive.

@@ -10,6 +10,8 @@ from typing import Annotated, Literal, TypedDict
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from app.config import MAX_STREAM_INTERVAL
+
 # vLLM's own bounds for seeds; the engine's message encoding takes no wider int.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -62,7 +64,7 @@ class _Sampling(_Request):
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
     cache_salt: Text | None = None
-    stream_interval: int | None = Field(None, ge=1, le=1024)
+    stream_interval: int | None = Field(None, ge=1, le=MAX_STREAM_INTERVAL)
 
 
 class CompletionRequest(_Sampling):

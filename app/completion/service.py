@@ -53,6 +53,14 @@ class CompletionService:
             return await self.chat.prepare(req, tenant)
         return await self.preparer.prepare(req, tenant)
 
+    def in_engine(self) -> int:
+        """Engine requests in flight now (the watchdog's measure of busy)."""
+        return len(self.runner.active)
+
+    def break_all(self, error: GatewayError) -> None:
+        """End every request now with `error` (the engine is hung)."""
+        self.runner.break_all(error)
+
     async def abort_all(self) -> None:
         """Abort every engine request in flight (drain timeout)."""
         await self.runner.abort_all()

@@ -22,9 +22,11 @@ class InFlight:
         if self.count == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
+    async def wait_idle(self, seconds: float) -> bool:
+        """True once none are in flight; False if `seconds` pass first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
             return False
         return True

@@ -1,19 +1,12 @@
-"""Phases of the gateway process and the supervisor that moves through them.
-
-starting -> loading (engine construction: weights, KV cache, graph capture)
--> warming (real generations) -> ready -> draining (after SIGTERM) -> stopped;
-any phase can go to failed. The HTTP port is bound before loading starts, so
-health endpoints answer throughout.
-"""
+"""The supervisor: moves the process through its phases (app.lifecycle.phases),
+owning the engine's life: build, warm up, watch, drain, shut down."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import gc
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,67 +17,15 @@ from app.engine.protocol import Engine
 from app.engine.warmup import warm_up
 from app.errors import EngineStalled
 from app.lifecycle.inflight import InFlight
+from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.watchdog import Watchdog
 from app.observability.metrics import EngineStep, Metrics
 
 logger = logging.getLogger(__name__)
 
 
-class Phase(str, enum.Enum):
-    STARTING = "starting"
-    LOADING = "loading"
-    WARMING = "warming"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-class Lifecycle:
-    """The current phase, its timings, and the error that ended in `failed`."""
-
-    def __init__(self) -> None:
-        self.started_at = time.monotonic()
-        self.phase = Phase.STARTING
-        self.since = self.started_at
-        self.durations: dict[str, float] = {}
-        self.error: str | None = None
-        self.has_been_ready = False
-        # Called with (old, new, seconds in old) on every change; metrics subscribe.
-        self.listeners: list[Callable[[str, str, float], None]] = []
-
-    def enter(self, phase: Phase) -> None:
-        if phase is self.phase:
-            return
-        now = time.monotonic()
-        old, spent = self.phase, now - self.since
-        self.durations[old.value] = round(spent, 3)
-        self.phase, self.since = phase, now
-        if phase is Phase.READY:
-            self.has_been_ready = True
-        log = logger.error if phase is Phase.FAILED else logger.info
-        log("phase %s -> %s after %.2fs in %s", old.value, phase.value, spent, old.value)
-        for listener in self.listeners:
-            listener(old.value, phase.value, spent)
-
-    def fail(self, reason: str) -> None:
-        if self.phase is Phase.FAILED:
-            return
-        self.error = reason
-        self.enter(Phase.FAILED)
-
-    def snapshot(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "phase": self.phase.value,
-            "seconds_in_phase": round(now - self.since, 3),
-            "uptime_seconds": round(now - self.started_at, 3),
-            "phase_durations": dict(self.durations),
-            "error": self.error,
-        }
-
-
-EngineBuilder = Callable[[], Awaitable[Engine]]
+# Builds the engine, which calls `on_step` once per engine step.
+EngineBuilder = Callable[[Callable[[EngineStep | None], None]], Awaitable[Engine]]
 
 
 class Supervisor:
@@ -123,13 +64,13 @@ class Supervisor:
         lc = self.lifecycle
         try:
             lc.enter(Phase.LOADING)
-            engine = self.engine = await self._build()
+            engine = self.engine = await self._build(self.engine_step)
             admission = Admission(
                 self.settings.max_inflight,
                 self.settings.max_queue,
                 self.settings.max_queued_tokens,
             )
-            self.metrics.watch_admission(admission)
+            self.metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
             service = CompletionService(engine, self.settings, self.metrics, admission)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
@@ -152,11 +93,11 @@ class Supervisor:
 
     async def _watch(self, engine: Engine, service: CompletionService) -> None:
         # Cancelled by shutdown().
-        why, hung = await self.watchdog.watch(engine, service.runner)
+        why, hung = await self.watchdog.watch(engine, service.in_engine)
         if hung:
             self.metrics.engine_stalls.inc()
             # Nothing more will come: end every request now, with the reason.
-            service.runner.break_all(
+            service.break_all(
                 EngineStalled("The inference engine stopped responding; retry on another server.")
             )
         self.lifecycle.fail(why)

@@ -14,13 +14,16 @@ so watching costs nothing per token.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 
-from app.completion.generation import Runner
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.engine.warmup import generate_once, synthetic_prompt
 from app.observability.metrics import Metrics
+
+logger = logging.getLogger(__name__)
 
 
 class Watchdog:
@@ -33,25 +36,27 @@ class Watchdog:
         """An engine step happened (called from the engine's stat logger)."""
         self.last_step = time.monotonic()
 
-    async def watch(self, engine: Engine, runner: Runner) -> tuple[str, bool]:
-        """Return (why, hung) once the engine is dead or hung."""
+    async def watch(self, engine: Engine, busy: Callable[[], int]) -> tuple[str, bool]:
+        """Return (why, hung) once the engine is dead or hung; `busy()` is the
+        number of requests running in the engine."""
         settings = self.settings
         stall = settings.stall_timeout
         busy_since: float | None = None
         canary: asyncio.Task[None] | None = None
-        canary_since = 0.0
+        canary_since = canary_ended = 0.0
         try:
             while True:
                 await asyncio.sleep(settings.watchdog_interval)
                 if engine.errored:
                     return "the inference engine died (engine core process gone)", False
                 now = time.monotonic()
-                if runner.active:
+                running = busy()
+                if running:
                     busy_since = busy_since or now
                     quiet = now - max(self.last_step, busy_since)
                     if quiet > stall:
                         return (
-                            f"the inference engine is hung: {len(runner.active)} request(s) "
+                            f"the inference engine is hung: {running} request(s) "
                             f"running and no engine step for {quiet:.0f} s "
                             f"(GATEWAY_STALL_TIMEOUT={stall:g})",
                             True,
@@ -60,8 +65,13 @@ class Watchdog:
                     busy_since = None
                 if canary is not None:
                     if canary.done():
-                        canary.result()  # an engine error here is the engine's death
-                        canary = None
+                        # The engine's death is seen above, at the next round;
+                        # any other failure of the canary is logged and it is
+                        # tried again, so the watch itself never ends silently.
+                        failure = canary.exception()
+                        if failure is not None:
+                            logger.warning("idle canary failed: %r", failure)
+                        canary, canary_ended = None, now
                     elif now - canary_since > stall:
                         return (
                             "the inference engine is hung: the idle canary (1 token) got no "
@@ -69,7 +79,7 @@ class Watchdog:
                             True,
                         )
                 interval = settings.canary_interval
-                idle = not runner.active and now - self.last_step >= interval
+                idle = not running and now - max(self.last_step, canary_ended) >= interval
                 if interval and canary is None and idle:
                     canary_since = now
                     canary = asyncio.create_task(self._canary(engine))

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import reject_reasons
 from app.observability.exposition import Exposition
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
-
-if TYPE_CHECKING:
-    from app.completion.admission import Admission
 
 # Buckets span the CPU fixture (sub-ms to ms steps) and Ascend (the seed's
 # TPOT is ~26 ms at batch 1; TTFT for a 2048-token prefill is ~100s of ms).
@@ -205,10 +202,10 @@ class Metrics:
         for finish_reason in FINISH_REASONS:
             self.finished.labels(model, finish_reason)
 
-    def watch_admission(self, admission: Admission) -> None:
+    def watch_admission(self, running: Callable[[], int], queued: Callable[[], int]) -> None:
         """Read the admission counts at scrape time (no cost per request)."""
-        self.admission_running.set_function(lambda: admission.running)
-        self.admission_queued.set_function(lambda: admission.queued)
+        self.admission_running.set_function(running)
+        self.admission_queued.set_function(queued)
 
     async def sample_event_loop(self, interval: float = 0.5) -> None:
         """Forever: sleep `interval`, record how late the wake-up came."""

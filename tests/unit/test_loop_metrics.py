@@ -116,7 +116,7 @@ def test_labels_returns_the_same_child_and_the_library_errors() -> None:
 
 
 def test_a_non_str_label_value_is_named_as_the_library_names_it() -> None:
-    class Source(str, enum.Enum):  # equal to "local", but str() is "Source.LOCAL"
+    class Source(str, enum.Enum):  # noqa: UP042 equal to "local", but str() is "Source.LOCAL"
         LOCAL = "local"
 
     registry = CollectorRegistry()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response
 from app.api.deps import LifecycleDep, StatusDep
 from app.api.responses import json_response
 from app.api.route_table import PROBE
-from app.lifecycle.supervisor import Phase
+from app.lifecycle.phases import Phase
 
 router = APIRouter(tags=[PROBE])
 
