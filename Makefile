@@ -60,12 +60,12 @@ bench: setup
 # The seed model card's tables against any running gateway.
 URL ?= http://127.0.0.1:8000
 bench-seed: $(STAMP)
-	$(PY) -m bench.seed $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY))
+	$(PY) -m tools.seed $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY))
 
 # The model card's accuracy checks against any running gateway (determinism;
 # with REFERENCE=file, greedy tokens and logprobs against a stored reference).
 verify: $(STAMP)
-	$(PY) -m bench.verify $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY)) $(if $(REFERENCE),--reference $(REFERENCE))
+	$(PY) -m tools.verify $(URL) $(if $(MODEL),--model $(MODEL)) $(if $(KEY),--api-key $(KEY)) $(if $(REFERENCE),--reference $(REFERENCE))
 
 # The engine-facing tests against vLLM 0.18.0 (the seed's Ascend stack's
 # vLLM) on the CPU, in a second venv (~8 GB, ~3 min to build once).
@@ -78,14 +78,18 @@ test-compat: $(FIXTURE) $(PROMTOOL)
 	EXPECT_VLLM_VERSION=0.18.0 LD_PRELOAD="$$(ldconfig -p | awk '/libtcmalloc_minimal.so.4 /{print $$NF; exit}'):$(CURDIR)/$(COMPAT)/lib/libiomp5.so" \
 		$(COMPAT)/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)
 
+# ruff and mypy over every Python folder, and the wings' import rule
+# ([tool.importlinter] in pyproject.toml).
+LINTED := app tests bench tools testkit scripts
 lint: $(STAMP)
-	$(VENV)/bin/ruff check app tests scripts bench
-	$(VENV)/bin/ruff format --check app tests scripts bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix app tests scripts bench
-	$(VENV)/bin/ruff format app tests scripts bench
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

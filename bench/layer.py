@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.main import create_app
-from tests.support.fake_engine import FakeEngine, Out, ReqOut
+from testkit.fake_engine import FakeEngine, Out, ReqOut
 
 
 class Stepper:

@@ -36,12 +36,12 @@ def prompts_for(c: int) -> int:
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    return float(statistics.median(r[key] for r in runs))
 
 
 def rss_mb(server: Server) -> float:
     """The server process itself; its engine-core child is excluded."""
-    return psutil.Process(server.proc.pid).memory_info().rss / 2**20
+    return float(psutil.Process(server.proc.pid).memory_info().rss) / 2**20
 
 
 def cpu_seconds(server: Server) -> tuple[float, float]:
@@ -117,7 +117,7 @@ def main() -> None:
 
     logs = Path(tempfile.mkdtemp(prefix="bench-"))
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "engine_args": engine_kwargs(MODEL),
         "workload": {
             "dataset": "random",

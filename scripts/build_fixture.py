@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -34,7 +35,7 @@ TARBALL_SHA256 = "ee83014ac8b379b16cf8d81e99ffcdb23dfade8c0d2e751bd06e7dc0b8476e
 SEED = 20240101
 
 # MobileLLaMA-1.4B-Base's config, with only the sizes shrunk.
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "attention_bias": False,
     "attention_dropout": 0.0,
@@ -118,7 +119,7 @@ def read_tokenizer_data(tarball: Path) -> tuple[list[str], list[tuple[int, int]]
     return vocab, merges
 
 
-def tokenizer_json(vocab: list[str], merges: list[tuple[int, int]]) -> dict:
+def tokenizer_json(vocab: list[str], merges: list[tuple[int, int]]) -> dict[str, Any]:
     return {
         "version": "1.0",
         "truncation": None,

@@ -1,6 +1,6 @@
 """The one table from a GatewayError to what the client receives: an HTTP
-answer (JSON body, status, headers), an SSE error event, or raw bytes for
-the HTTP parser; and the one place a rejection is counted.
+answer (JSON body, status, headers) or raw bytes for the HTTP parser (the
+SSE error event is app.completion.sse's); and the one place a rejection is counted.
 
 Every refusal goes through `Rejections.reject`: the route handlers (through
 the exception handlers installed here), API keys, the body limit and the
@@ -28,13 +28,6 @@ logger = logging.getLogger(__name__)
 
 def error_response(exc: GatewayError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-
-def sse_error_data(exc: GatewayError) -> str:
-    """The `data:` payload of the error event that ends a broken stream."""
-    body = exc.body()
-    body["error"]["code"] = exc.code or int(exc.status)
-    return json.dumps(body)
 
 
 def raw_response(exc: GatewayError) -> bytes:

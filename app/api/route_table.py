@@ -63,6 +63,3 @@ class Endpoints:
             if regex.match(path):
                 return endpoint
         return _UNMATCHED
-
-    def labels(self) -> list[str]:
-        return [endpoint.label for _, endpoint in self._table]

@@ -28,8 +28,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
-from app.api.rejection import sse_error_data
-from app.completion.sse import DONE_EVENT, sse_event
+from app.completion.sse import error_events
 from app.errors import EngineFailure, GatewayError
 from app.scopes import BODY_SEND
 
@@ -100,12 +99,12 @@ class StreamResponse(EventSourceResponse):
                     )
         except GatewayError as exc:
             stream.failed(exc)
-            events = sse_event(sse_error_data(exc)) + DONE_EVENT
+            events = error_events(exc)
         except Exception:
             logger.exception("stream failed")
             error = EngineFailure("The stream failed.")
             stream.failed(error)
-            events = sse_event(sse_error_data(error)) + DONE_EVENT
+            events = error_events(error)
         # Ending anyway: from here a disconnect no longer cancels (and no
         # ping goes out). The admission place goes back before the last write.
         self.active = False

@@ -15,7 +15,6 @@ from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.completion.schemas import ChatCompletionRequest, ChatMessage, TextPart
 from app.completion.tokenizer import AsyncTokenizer
 from app.errors import ContextLengthExceeded, InvalidRequest
-from app.ids import new_id
 
 Message = dict[str, str]  # {"role", "content"}: what the template sees
 
@@ -99,25 +98,16 @@ class ChatPreparer:
         options = preparer.options(
             req, max_tokens=requested or limit - len(ids), n=req.n, logprobs=k
         )
-        prep = PreparedCompletion(
-            request_id=f"chatcmpl-{new_id()}",
-            created=int(time.time()),
-            arrival=arrival,
-            deadline=preparer.deadline(arrival),
-            model=preparer.model.name,
-            prompts=[PreparedPrompt(ids, None, dropped=dropped_tokens)],
-            options=options,
-            n=req.n,
+        return preparer.build(
+            req,
+            arrival,
+            [PreparedPrompt(ids, None, dropped=dropped_tokens)],
+            options,
             echo=False,
             logprobs=k,
-            include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            chat=True,
+            tenant=tenant,
             dropped_messages=dropped_messages,
-            cache_salt=preparer.cache_salt(req.cache_salt, tenant),
-            stream_interval=req.stream_interval or preparer.settings.stream_interval,
         )
-        preparer.count_truncation(dropped_tokens)
-        return prep
 
     def _fit(
         self, messages: list[Message], budget: int, requested: int | None

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from json.encoder import encode_basestring as quote
 from typing import Any
 
 from app.completion.choices import Choice, Choices, Delta
 from app.completion.prepared import PreparedCompletion
 from app.completion.schemas import CompletionLogprobs, Usage
-from app.completion.sse import line_safe, sse_event
+from app.completion.sse import sse_event, text_delta_encoder
 
 
 class TextFormat:
@@ -43,30 +42,15 @@ class TextFormat:
 
     def encoder(self, prep: PreparedCompletion) -> Callable[[Delta], str]:
         """Delta -> its stream chunk as an SSE event (`data: {json}` and the
-        blank line), line-safe (app.completion.sse.line_safe)."""
+        blank line), line-safe (app.completion.sse)."""
         head = self.head(prep)
         tail = {"usage": None} if prep.include_usage else {}
+        if prep.logprobs is None and type(self) is TextFormat:
+            return text_delta_encoder(head, tail)
         dumps, delta = json.dumps, self.delta
-        if prep.logprobs is not None or type(self) is not TextFormat:
-            return lambda d: sse_event(
-                dumps({**head, "choices": [delta(d, prep)], **tail}, ensure_ascii=False)
-            )
-        # The per-token path: only the index, text and finish reason change, so
-        # the envelope is encoded once (byte for byte what json.dumps writes),
-        # and the text with json's own C string encoder.
-        start = dumps({**head, "choices": [{"index": 0}]}, ensure_ascii=False)
-        start = "data: " + start[: start.rindex("0}]}")]
-        end = "}], " + dumps(tail)[1:] + "\n\n" if tail else "}]}\n\n"
-
-        def encode(d: Delta) -> str:
-            text = line_safe(quote(d.text))
-            reason = "null" if d.finish_reason is None else quote(d.finish_reason)
-            return (
-                f'{start}{d.choice.index}, "text": {text}, '
-                f'"logprobs": null, "finish_reason": {reason}{end}'
-            )
-
-        return encode
+        return lambda d: sse_event(
+            dumps({**head, "choices": [delta(d, prep)], **tail}, ensure_ascii=False)
+        )
 
     def delta(self, d: Delta, prep: PreparedCompletion) -> dict[str, Any]:
         return {

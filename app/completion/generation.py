@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from app.completion.admission import Admission, Place
+from app.completion.fan_in import fan_in
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import Engine, RequestOutput
 from app.errors import GatewayError, RequestTimeout
@@ -246,7 +247,8 @@ class Generation:
             return self.runner.engine.generate(
                 prep.prompts[0].token_ids, prep.options, prep.request_id, cache_salt=prep.cache_salt
             )
-        return self._merged(prep.prompts)
+        request_id = prep.request_id
+        return fan_in([self._run(i, p, f"{request_id}-{i}") for i, p in enumerate(prep.prompts)])
 
     def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:
         """A prompt's first output: the engine took it; count its tokens, and
@@ -280,34 +282,3 @@ class Generation:
                     yield index, out
         finally:
             runner.active.discard(request_id)
-
-    async def _merged(self, prompts: list[PreparedPrompt]) -> AsyncGenerator[Tagged, None]:
-        """Outputs of every prompt, as they come."""
-        queue: asyncio.Queue[Tagged | Exception | None] = asyncio.Queue()
-        request_id = self.prep.request_id
-
-        async def pump(i: int, prompt: PreparedPrompt) -> None:
-            try:
-                async for item in self._run(i, prompt, f"{request_id}-{i}"):
-                    queue.put_nowait(item)
-            except Exception as exc:
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(None)
-
-        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
-        try:
-            running = len(tasks)
-            while running:
-                item = await queue.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, Exception):
-                    raise item
-                else:
-                    yield item
-        finally:
-            # Cancelling a pump cancels its engine.generate, which aborts the request.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)

@@ -95,23 +95,54 @@ class Preparer:
             logprobs=sample_logprobs,
             prompt_logprobs=req.logprobs if req.echo else None,
         )
+        return self.build(
+            req,
+            arrival,
+            prompts,
+            options,
+            echo=req.echo,
+            logprobs=req.logprobs,
+            tenant=tenant,
+            tokens_as_ids=req.return_tokens_as_token_ids,
+        )
+
+    def build(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        arrival: float,
+        prompts: list[PreparedPrompt],
+        options: SamplingOptions,
+        *,
+        echo: bool,
+        logprobs: int | None,
+        tenant: bytes | None,
+        tokens_as_ids: bool = False,
+        dropped_messages: int | None = None,
+    ) -> PreparedCompletion:
+        """The one builder of a prepared completion, for text and chat
+        (`dropped_messages` is chat's); truncation is counted here."""
+        chat = dropped_messages is not None
         prep = PreparedCompletion(
-            request_id=f"cmpl-{new_id()}",
+            request_id=f"{'chatcmpl' if chat else 'cmpl'}-{new_id()}",
             created=int(time.time()),
             arrival=arrival,
-            deadline=self.deadline(arrival),
+            deadline=self._deadline(arrival),
             model=self.model.name,
             prompts=prompts,
             options=options,
             n=req.n,
-            echo=req.echo,
-            logprobs=req.logprobs,
+            echo=echo,
+            logprobs=logprobs,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            tokens_as_ids=req.return_tokens_as_token_ids,
+            tokens_as_ids=tokens_as_ids,
+            chat=chat,
+            dropped_messages=dropped_messages or 0,
             cache_salt=self.cache_salt(req.cache_salt, tenant),
             stream_interval=req.stream_interval or self.settings.stream_interval,
         )
-        self.count_truncation(prep.dropped_tokens)
+        if prep.dropped_tokens:
+            self.metrics.truncated_requests.inc()
+            self.metrics.truncated_tokens.inc(prep.dropped_tokens)
         return prep
 
     def options(
@@ -145,12 +176,7 @@ class Preparer:
             skip_special_tokens=req.skip_special_tokens,
         )
 
-    def count_truncation(self, dropped: int) -> None:
-        if dropped:
-            self.metrics.truncated_requests.inc()
-            self.metrics.truncated_tokens.inc(dropped)
-
-    def deadline(self, arrival: float) -> float | None:
+    def _deadline(self, arrival: float) -> float | None:
         timeout = self.settings.request_timeout
         return None if timeout is None else arrival + timeout
 

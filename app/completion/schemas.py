@@ -161,15 +161,6 @@ class Usage(TypedDict):
     prompt_tokens_details: PromptTokensDetails
 
 
-class Completion(TypedDict):
-    id: str
-    object: Literal["text_completion"]
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None
-
-
 class ModelCard(TypedDict):
     id: str
     object: Literal["model"]

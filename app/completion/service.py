@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from app.completion.generation import Generation, Runner
 from app.completion.prepare import Preparer
 from app.completion.prepared import PreparedCompletion
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest
-from app.completion.sse import DONE_EVENT, sse_event
+from app.completion.sse import chunk_event, end_events
 from app.completion.tokenizer import AsyncTokenizer
 from app.config import Settings
 from app.engine.protocol import Engine, RequestOutput
@@ -166,7 +165,7 @@ class CompletionStream:
             for d in self._deltas(i, out):
                 if fmt.opens and d.first:
                     opening = {**self._head, "choices": [fmt.opening(d.choice)]}
-                    events.append(sse_event(json.dumps({**opening, **self._usage_field})))
+                    events.append(chunk_event({**opening, **self._usage_field}))
                 events.append(encode(d))
             if not (self._single and out.finished):
                 return "".join(events)
@@ -174,11 +173,10 @@ class CompletionStream:
 
     def _end(self) -> str:
         self.done = True
-        prep = self.generation.prep
-        if not prep.include_usage:
-            return DONE_EVENT
-        usage = self.choices.usage(self.generation.cached_tokens)
-        return sse_event(json.dumps({**self._head, "choices": [], "usage": usage})) + DONE_EVENT
+        usage = None
+        if self.generation.prep.include_usage:
+            usage = self.choices.usage(self.generation.cached_tokens)
+        return end_events(self._head, usage)
 
     def failed(self, error: GatewayError) -> None:
         metrics = self.choices.metrics

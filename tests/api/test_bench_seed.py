@@ -11,7 +11,7 @@ from tests.support.gateway import ROOT, Gateway
 
 def test_bench_seed_quick_measures_the_card_shapes(gateway: Gateway) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "bench.seed", gateway.url, "--quick", "--json"],
+        [sys.executable, "-m", "tools.seed", gateway.url, "--quick", "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -29,7 +29,7 @@ def test_bench_seed_quick_measures_the_card_shapes(gateway: Gateway) -> None:
 
 def test_bench_seed_tables_carry_the_card_figures(gateway: Gateway) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "bench.seed", gateway.url, "--quick"],
+        [sys.executable, "-m", "tools.seed", gateway.url, "--quick"],
         capture_output=True,
         text=True,
         cwd=ROOT,

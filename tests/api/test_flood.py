@@ -1,4 +1,4 @@
-"""1000 concurrent streams from a separate client process (bench.flood):
+"""1000 concurrent streams from a separate client process (tools.flood):
 each completes in full or is refused cleanly (503 + Retry-After); none hangs
 or breaks; the gateway's own RSS comes back to within 10% of where it was."""
 
@@ -20,7 +20,7 @@ INFLIGHT, QUEUE = 128, 256
 
 def flood(url: str, streams: int) -> dict[str, int]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.flood", url, "--streams", str(streams), "--timeout", "240"],
+        [sys.executable, "-m", "tools.flood", url, "--streams", str(streams), "--timeout", "240"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -47,7 +47,7 @@ def test_verify_fails_against_a_different_reference(gateway: Gateway, tmp_path: 
     bad = tmp_path / "ref.json"
     bad.write_text(json.dumps(ref))
     r = verify(gateway, f"REFERENCE={bad}")
-    assert r.returncode != 0  # make exits 2 when bench.verify fails
+    assert r.returncode != 0  # make exits 2 when tools.verify fails
     assert json.loads(r.stdout)["reference"]["max_logprob_diff"] >= 1.0
 
 

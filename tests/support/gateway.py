@@ -3,9 +3,6 @@ user (or Kubernetes) runs it, on the fixture model."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -14,6 +11,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from testkit.procs import Server, free_port
+
+__all__ = ["free_port"]
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / ".cache" / "models" / "tiny-mobilellama"
 MODEL_NAME = "tiny-mobilellama"
@@ -21,20 +22,8 @@ STARTUP_TIMEOUT = 300.0
 API_KEY = "sk-test-Key-1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Gateway:
-    def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path):
-        self.url = url
-        self.proc = proc
-        self.log = log
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+class Gateway(Server):
+    """A gateway process started through the CLI."""
 
 
 def spawn_gateway(
@@ -43,25 +32,11 @@ def spawn_gateway(
     """Start the CLI as Kubernetes would; do not wait for anything."""
     port = free_port()
     cmd = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), *args]
-    full_env = {**os.environ, **(env or {})}
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    return Gateway(f"http://127.0.0.1:{port}", proc, log)
+    return Gateway("gateway", cmd, port, log, cwd=ROOT, env=env or {})
 
 
 def wait_ready(gw: Gateway, timeout: float = STARTUP_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {gw.proc.returncode}:\n{gw.logs()[-4000:]}")
-        try:
-            if httpx.get(f"{gw.url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    gw.proc.kill()
-    raise RuntimeError(f"gateway not ready after {timeout}s:\n{gw.logs()[-4000:]}")
+    gw.wait_ready(timeout, "/health/ready")
 
 
 def start_gateway(
@@ -73,12 +48,7 @@ def start_gateway(
 
 
 def stop_gateway(gw: Gateway) -> None:
-    gw.proc.terminate()
-    try:
-        gw.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        gw.proc.kill()
-        gw.proc.wait()
+    gw.stop()
 
 
 def stream_events(url: str, body: dict, started: threading.Event | None = None) -> list[str]:  # type: ignore[type-arg]

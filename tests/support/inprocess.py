@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from app.config import Settings
 from app.main import create_app
-from tests.support.fake_engine import FakeEngine
+from testkit.fake_engine import FakeEngine
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from app.completion.choices import Choices
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import SamplingOptions
 from app.observability.metrics import Metrics, RequestTimer
-from tests.support.fake_engine import CharTokenizer, Lp, Out, ReqOut
+from testkit.fake_engine import CharTokenizer, Lp, Out, ReqOut
 from tests.support.metrics import parse, value
 
 TOK = CharTokenizer()

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.errors import EngineFailure, Unavailable
 from app.main import create_app
-from tests.support.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
+from testkit.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
 from tests.support.metrics import Samples, parse, value
 from tests.support.sse import data_events

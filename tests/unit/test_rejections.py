@@ -15,7 +15,7 @@ from app.api.validation import FIELDS
 from app.errors import GatewayError, reject_reasons
 from app.main import create_app
 from app.observability.metrics import Metrics
-from tests.support.fake_engine import FakeEngine, Out, ReqOut
+from testkit.fake_engine import FakeEngine, Out, ReqOut
 from tests.support.gateway import ROOT
 from tests.support.inprocess import serve
 from tests.support.metrics import parse, value

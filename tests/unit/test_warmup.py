@@ -8,7 +8,7 @@ import pytest
 
 from app.engine.protocol import SamplingOptions
 from app.engine.warmup import batch_sizes, warm_up
-from tests.support.fake_engine import FakeEngine, Out, ReqOut
+from testkit.fake_engine import FakeEngine, Out, ReqOut
 
 
 async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:

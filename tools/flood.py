@@ -2,7 +2,7 @@
 how each one ends. Run as its own process (the load must not share the
 server's event loop):
 
-    python -m bench.flood http://127.0.0.1:8000 --streams 1000 --max-tokens 4
+    python -m tools.flood http://127.0.0.1:8000 --streams 1000 --max-tokens 4
 
 Each stream ends as one of:
 - `ok`: 200, data chunks, a final finish_reason, then `[DONE]`;
@@ -26,11 +26,11 @@ import httpx
 
 
 async def one_stream(
-    client: httpx.AsyncClient, body: dict[str, Any], timeout: float, start: asyncio.Event
+    client: httpx.AsyncClient, body: dict[str, Any], hung_after: float, start: asyncio.Event
 ) -> str:
     await start.wait()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(hung_after):
             async with client.stream("POST", "/v1/completions", json=body) as r:
                 if r.status_code == 503:
                     error = json.loads(await r.aread())["error"]
@@ -59,7 +59,7 @@ async def one_stream(
 
 
 async def flood(
-    url: str, streams: int, max_tokens: int, prompt_tokens: int, timeout: float, api_key: str
+    url: str, streams: int, max_tokens: int, prompt_tokens: int, hung_after: float, api_key: str
 ) -> dict[str, Any]:
     body = {
         "prompt": [1] + [450] * (prompt_tokens - 1),
@@ -70,11 +70,11 @@ async def flood(
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=timeout, headers=headers
+        base_url=url, limits=limits, timeout=hung_after, headers=headers
     ) as client:
         start = asyncio.Event()
         tasks = [
-            asyncio.create_task(one_stream(client, body, timeout, start)) for _ in range(streams)
+            asyncio.create_task(one_stream(client, body, hung_after, start)) for _ in range(streams)
         ]
         await asyncio.sleep(0.5)  # every task waits at the start line
         t0 = time.perf_counter()

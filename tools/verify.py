@@ -1,7 +1,7 @@
 """The model card's accuracy checks, against any running gateway.
 
     make verify URL=http://host:8000 [REFERENCE=bench/reference/....json]
-    python -m bench.verify URL [--reference FILE] [--write-reference FILE]
+    python -m tools.verify URL [--reference FILE] [--write-reference FILE]
 
 1. Determinism (the card's check): its 5 prompts x 32 tokens x 3 runs at
    temperature 0 must give identical tokens, every id in [0, vocab).
@@ -110,7 +110,7 @@ def run(
                 if got_id != ref_id:
                     ref_here = tops[pos].get(ref_id)
                     near = ref_here is not None and got_lp - ref_here <= tolerance
-                    if near and abs(ref_here - ref_lp) <= tolerance:  # type: ignore[operator]
+                    if near and abs(ref_here - ref_lp) <= tolerance:
                         ties[prompt] = pos
                     else:
                         wrong[prompt] = pos

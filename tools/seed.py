@@ -1,7 +1,7 @@
 """Reproduce the seed model card's performance tables against any running gateway.
 
     make bench-seed URL=http://host:8000 [MODEL=MobileLLaMA-1.4B-Base] [KEY=...]
-    python -m bench.seed http://host:8000 --model NAME [--quick]
+    python -m tools.seed http://host:8000 --model NAME [--quick]
 
 Measured as the card does: temperature 0, exact input lengths (token-id
 prompts), ignore_eos so every request produces its full output; total time is
