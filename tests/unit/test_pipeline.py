@@ -1,0 +1,260 @@
+"""The completion pipeline without HTTP and without vLLM: request -> prepare
+(text and chat) -> generation -> choices -> the whole answer or the SSE
+events, on the in-process fake engine. The same behaviours run on the real
+engine in tests/api; these make `make test-fast` cover the request -> chunks
+path in seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.completion.admission import Admission
+from app.completion.schemas import ChatCompletionRequest, CompletionRequest
+from app.completion.service import CompletionService, CompletionStream
+from app.completion.sse import DONE_EVENT, error_events, sse_event
+from app.config import Settings
+from app.engine.protocol import SamplingOptions
+from app.errors import ContextLengthExceeded, EngineFailure, Overloaded
+from app.observability.metrics import Metrics
+from testkit.fake_engine import FakeEngine, Out, ReqOut
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def letters(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+    """One letter per step for each of the n samples: sample j writes chr(97 + j),
+    until max_tokens ('length')."""
+    for step in range(options.max_tokens):
+        last = step == options.max_tokens - 1
+        yield ReqOut(
+            [
+                Out(j, chr(97 + j), [3 + 97 + j], finish_reason="length" if last else None)
+                for j in range(options.n)
+            ],
+            finished=last,
+        )
+
+
+def service(
+    script=letters,  # type: ignore[no-untyped-def]
+    max_inflight: int = 4,
+    max_queue: int = 4,
+    max_model_len: int = 64,
+    **overrides: object,
+) -> tuple[CompletionService, Metrics]:
+    settings = Settings(served_model_name="fake", chat_template="mobilellama-v1", **overrides)  # type: ignore[arg-type]
+    metrics = Metrics(CollectorRegistry(), "fake")
+    engine = FakeEngine(script, max_model_len=max_model_len)
+    admission = Admission(max_inflight, max_queue, 10_000)
+    return CompletionService(engine, settings, metrics, admission), metrics  # type: ignore[arg-type]
+
+
+def sample(metrics: Metrics, name: str) -> float | None:
+    """The series of the model, None when it is not exported at all."""
+    return metrics.registry.get_sample_value(name, {"model": "fake"})
+
+
+async def events_of(stream: CompletionStream) -> list[str]:
+    """Every `data:` payload the stream sends, in order ([DONE] included)."""
+    out: list[str] = []
+    try:
+        while not stream.done:
+            text = await stream.next_events()
+            out += [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+    finally:
+        await stream.close()
+    return out
+
+
+async def test_a_text_completion_is_prepared_run_and_answered_whole() -> None:
+    svc, metrics = service()
+    prep = await svc.prepare(CompletionRequest(prompt="hi", max_tokens=3, n=2))
+    body = await svc.complete(prep)
+    assert body["object"] == "text_completion"
+    assert body["id"].startswith("cmpl-")
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in body["choices"]] == [
+        (0, "aaa", "length"),
+        (1, "bbb", "length"),
+    ]
+    # "hi" is BOS + 2 characters in the fake tokenizer.
+    assert body["usage"]["prompt_tokens"] == 3
+    assert body["usage"]["completion_tokens"] == 6
+    assert sample(metrics, "gateway_generation_tokens_total") == 6
+
+
+async def test_a_stream_sends_the_same_text_as_chunks_then_usage_then_done() -> None:
+    svc, _ = service()
+    req = CompletionRequest(
+        prompt="hi", max_tokens=3, stream=True, stream_options={"include_usage": True}
+    )
+    stream = await svc.open_stream(await svc.prepare(req))
+    events = await events_of(stream)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    usage = chunks.pop()
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 3
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "aaa"
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "length"]
+    # include_usage: every chunk but the last carries "usage": null.
+    assert all("usage" in c and c["usage"] is None for c in chunks)
+
+
+async def test_the_text_fast_path_writes_what_json_dumps_writes() -> None:
+    """The per-token encoder (app.completion.sse) against the generic chunk
+    of the same delta, for text that needs escaping and a line separator."""
+    svc, _ = service()
+    for include_usage in (False, True):
+        prep = await svc.prepare(
+            CompletionRequest(
+                prompt="x", max_tokens=1, stream=True,
+                stream_options={"include_usage": include_usage},
+            )
+        )  # fmt: skip
+        stream = await svc.open_stream(prep)
+        try:
+            fast = stream._encode
+            from app.completion.formats import TEXT
+
+            for d in stream.choices.feed(0, ReqOut([Out(0, 'q"\\\u2028é\n', [5], "stop")])):
+                generic = sse_event(
+                    json.dumps(
+                        {**TEXT.head(prep), "choices": [TEXT.delta(d, prep)],
+                         **({"usage": None} if include_usage else {})},
+                        ensure_ascii=False,
+                    )
+                )  # fmt: skip
+                assert fast(d) == generic
+        finally:
+            await stream.close()
+
+
+async def test_a_chat_stream_opens_with_the_assistant_role_then_content() -> None:
+    svc, _ = service(max_model_len=512)  # the template's system prompt is long
+    req = ChatCompletionRequest(
+        messages=[{"role": "user", "content": "hello"}], max_tokens=2, stream=True
+    )
+    prep = await svc.prepare(req)
+    assert prep.chat and prep.request_id.startswith("chatcmpl-")
+    events = await events_of(await svc.open_stream(prep))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:]) == "aa"
+
+
+async def test_chat_whole_answer_is_a_message() -> None:
+    svc, _ = service(max_model_len=512)
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "hello"}], max_tokens=2)
+    body = await svc.complete(await svc.prepare(req))
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "aa"}
+
+
+async def test_several_prompts_are_answered_prompt_by_prompt() -> None:
+    svc, _ = service()
+    body = await svc.complete(await svc.prepare(CompletionRequest(prompt=["a", "b"], max_tokens=2)))
+    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "aa"), (1, "aa")]
+
+
+async def test_an_over_long_prompt_is_cut_on_the_left_and_counted() -> None:
+    svc, metrics = service()  # the fake engine's context is 64 tokens
+    prep = await svc.prepare(CompletionRequest(prompt="z" * 100, max_tokens=4))
+    assert prep.prompt_tokens == 60 and prep.prompts[0].token_ids[0] == 1  # BOS kept
+    assert prep.headers()["x-truncated-prompt-tokens"] == str(101 - 60)
+    assert sample(metrics, "gateway_truncated_tokens_total") == 41
+
+
+async def test_under_truncation_error_an_over_long_prompt_is_refused() -> None:
+    svc, _ = service(truncation="error")
+    with pytest.raises(ContextLengthExceeded):
+        await svc.prepare(CompletionRequest(prompt="z" * 100, max_tokens=4))
+
+
+async def test_stream_interval_merges_tokens_after_the_first() -> None:
+    svc, _ = service()
+    req = CompletionRequest(prompt="hi", max_tokens=7, stream=True, stream_interval=3)
+    events = await events_of(await svc.open_stream(await svc.prepare(req)))
+    texts = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert texts == ["a", "aaa", "aaa"]
+
+
+async def test_echo_sends_the_prompt_first() -> None:
+    svc, _ = service()
+    body = await svc.complete(
+        await svc.prepare(CompletionRequest(prompt="hi", max_tokens=1, echo=True))
+    )
+    assert body["choices"][0]["text"] == "hia"
+
+
+async def test_a_full_server_refuses_at_once_and_a_finished_request_frees_its_place() -> None:
+    gate = asyncio.Event()
+
+    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        await gate.wait()
+        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+
+    svc, _ = service(held, max_inflight=1, max_queue=0)
+    req = CompletionRequest(prompt="hi", max_tokens=2, stream=True)
+    first = await svc.open_stream(await svc.prepare(req))
+    with pytest.raises(Overloaded):
+        await svc.open_stream(await svc.prepare(req))
+    gate.set()
+    assert (await events_of(first))[-1] == "[DONE]"
+    again = await svc.open_stream(await svc.prepare(req))
+    assert (await events_of(again))[-1] == "[DONE]"
+
+
+async def test_an_engine_error_mid_stream_reaches_the_stream() -> None:
+    async def breaks(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        raise EngineFailure("boom")
+
+    svc, _ = service(breaks)
+    stream = await svc.open_stream(
+        await svc.prepare(CompletionRequest(prompt="hi", max_tokens=4, stream=True))
+    )
+    try:
+        await stream.next_events()
+        with pytest.raises(EngineFailure):
+            await stream.next_events()
+    finally:
+        await stream.close()
+    # The event that ends such a stream: its error, then [DONE].
+    tail = error_events(EngineFailure("boom"))
+    assert (
+        tail.endswith(DONE_EVENT) and json.loads(tail.split("\n\n")[0][6:])["error"]["code"] == 500
+    )
+
+
+async def test_the_service_seam_counts_engine_requests_and_breaks_them() -> None:
+    started = asyncio.Event()
+
+    async def hangs(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        started.set()
+        await asyncio.Event().wait()
+        yield ReqOut([])  # pragma: no cover
+
+    svc, _ = service(hangs)
+    stream = await svc.open_stream(
+        await svc.prepare(CompletionRequest(prompt="hi", max_tokens=4, stream=True))
+    )
+    await stream.next_events()
+    assert svc.in_engine() == 1
+    svc.break_all(EngineFailure("hung"))
+    with pytest.raises(EngineFailure):
+        await stream.next_events()
+    await stream.close()
+    assert svc.in_engine() == 0
