@@ -12,12 +12,32 @@ import os
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.api.header_limits import HeaderLimits, protocol_class
+from app.config import Settings
 from app.lifecycle.server import GatewayServer
 from app.lifecycle.startup_checks import ConfigError, startup_settings
 from app.main import create_app
 from app.observability.logs import configure
+
+
+def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """How uvicorn serves `app`: our header limits on its parser, and idle
+    keep-alive connections kept longer than clients keep them pooled."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # ours, from app.observability.logs
+        http=protocol_class(
+            HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout),
+            on_reject=app.state.rejections.count,
+        ),
+        timeout_keep_alive=settings.keepalive_timeout,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,6 +149,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds in-flight requests get after SIGTERM before they are aborted.",
     )
+    drain_delay: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds after SIGTERM that the port stays open, ready answering 503 and "
+        "every response `Connection: close`, so the endpoint leaves the Service and "
+        "proxies stop reusing pooled connections before they are closed.",
+    )
+    keepalive_timeout: int = Field(
+        120,
+        ge=1,
+        description="Seconds an idle keep-alive connection is kept open. Longer than "
+        "clients' and proxies' idle pools (aiohttp 15, Go 90, nginx 60), so the client "
+        "closes first and never sends on a connection the server is closing.",
+    )
     exit_grace: float = Field(
         3.0, ge=0, description="Seconds health shows `failed` before the process exits non-zero."
     )
@@ -221,9 +235,11 @@ class Settings(BaseSettings):
         # What the process needs after the drain: engine shutdown and exit.
         margin = 5.0
         grace = self.termination_grace
-        if grace is not None and self.drain_timeout + margin > grace:
+        drain = max(self.drain_timeout, self.drain_delay)
+        if grace is not None and drain + margin > grace:
             raise ValueError(
-                f"GATEWAY_DRAIN_TIMEOUT ({self.drain_timeout:g} s) plus {margin:g} s to stop "
+                f"GATEWAY_DRAIN_TIMEOUT ({self.drain_timeout:g} s; the drain lasts at least "
+                f"GATEWAY_DRAIN_DELAY, {self.drain_delay:g} s) plus {margin:g} s to stop "
                 f"the engine is longer than GATEWAY_TERMINATION_GRACE ({grace:g} s): the pod "
                 "would be killed mid-drain. Lower the drain timeout or raise "
                 "terminationGracePeriodSeconds."

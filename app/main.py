@@ -110,7 +110,11 @@ def create_app(
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
     app.add_middleware(
-        RequestContext, endpoints=endpoints, inflight=supervisor.inflight, metrics=metrics
+        RequestContext,
+        endpoints=endpoints,
+        inflight=supervisor.inflight,
+        metrics=metrics,
+        closing=supervisor.closing,
     )
     return app
 

@@ -1,10 +1,11 @@
 """ASGI middleware: request ids (honouring an incoming x-request-id), the
-count of in-flight requests that drain waits for, the body limit, and the
-500 for an unexpected exception."""
+count of in-flight requests that drain waits for, `Connection: close` while
+draining, the body limit, and the 500 for an unexpected exception."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,15 +17,24 @@ from app.lifecycle.inflight import InFlight
 from app.observability.metrics import Metrics
 from app.scopes import BODY_SEND, request_id_var
 
+_CLOSE = (b"connection", b"close")
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, endpoints: Endpoints, inflight: InFlight, metrics: Metrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        endpoints: Endpoints,
+        inflight: InFlight,
+        metrics: Metrics,
+        closing: Callable[[], bool] = lambda: False,
+    ):
         self.app = app
         self.endpoints = endpoints
         self.inflight = inflight
         self.metrics = metrics
+        self.closing = closing  # True while draining: answers close their connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +54,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
+                if self.closing():
+                    # Pooled clients and proxies stop reusing this connection
+                    # (uvicorn closes it after this answer).
+                    message["headers"].append(_CLOSE)
             await send(message)
 
         endpoint = self.endpoints.match(scope["path"])

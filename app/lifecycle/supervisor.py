@@ -143,13 +143,27 @@ class Supervisor:
             self._exit()
             return
         lc.enter(Phase.DRAINING)
-        if not await self.inflight.wait_idle(self.settings.drain_timeout):
-            logger.warning("drain timeout: aborting %d request(s)", self.inflight.count)
-            if self.service is not None:
-                await self.service.abort_all()
-            # Aborted streams still send their last chunk and [DONE].
-            await self.inflight.wait_idle(5)
+        # The port stays open for at least drain_delay: ready answers 503 and
+        # every answer closes its connection (closing()), so the endpoint
+        # leaves the Service and pooled clients stop reusing connections
+        # before the server closes the idle ones (README: Connections).
+        delay = asyncio.ensure_future(asyncio.sleep(self.settings.drain_delay))
+        try:
+            if not await self.inflight.wait_idle(self.settings.drain_timeout):
+                logger.warning("drain timeout: aborting %d request(s)", self.inflight.count)
+                if self.service is not None:
+                    await self.service.abort_all()
+                # Aborted streams still send their last chunk and [DONE].
+                await self.inflight.wait_idle(5)
+            await delay
+        finally:
+            delay.cancel()
         self._exit()
+
+    def closing(self) -> bool:
+        """No new work will be served here (draining, stopped, failed): an
+        answer should tell its client to close the connection."""
+        return self.lifecycle.phase in _CLOSING
 
     async def shutdown(self) -> None:
         """Lifespan exit: stop background work and the engine (no orphan processes)."""
@@ -172,6 +186,9 @@ class Supervisor:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+_CLOSING = frozenset((Phase.DRAINING, Phase.STOPPED, Phase.FAILED))
 
 
 def freeze_startup_heap() -> None:

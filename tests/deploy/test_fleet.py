@@ -226,3 +226,45 @@ def test_the_chart_folder_copies_and_packages_as_is(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert list(tmp_path.glob("ascend-llm-gateway-*.tgz"))
+
+
+def test_the_proxy_closes_idle_connections_before_the_gateway_does() -> None:
+    """Envoy keeps idle upstream connections 1 h by default; the gateway closes
+    them after GATEWAY_KEEPALIVE_TIMEOUT. The policy makes Envoy close first."""
+    docs = render(
+        "inferencePool.enabled=true",
+        "inferencePool.endpointPicker.name=epp",
+        "inferencePool.backendTrafficPolicy.enabled=true",
+        "inferencePool.backendTrafficPolicy.httpRouteName=llm",
+    )
+    policy = kind(docs, "BackendTrafficPolicy")
+    assert policy["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "llm"}
+    ]
+    idle = policy["spec"]["timeout"]["http"]["connectionIdleTimeout"]
+    env = kind(docs, "ConfigMap")["data"]
+    assert idle.endswith("s") and int(idle[:-1]) < int(env["GATEWAY_KEEPALIVE_TIMEOUT"])
+    assert "httpRouteName" in refused(
+        "inferencePool.enabled=true",
+        "inferencePool.endpointPicker.name=epp",
+        "inferencePool.backendTrafficPolicy.enabled=true",
+    )
+    assert "below gateway.keepaliveTimeoutSeconds" in refused(
+        "inferencePool.enabled=true",
+        "inferencePool.endpointPicker.name=epp",
+        "inferencePool.backendTrafficPolicy.enabled=true",
+        "inferencePool.backendTrafficPolicy.httpRouteName=llm",
+        "inferencePool.backendTrafficPolicy.connectionIdleTimeoutSeconds=120",
+    )
+    # Off by default: no Envoy Gateway CRD is assumed.
+    assert not [d for d in render() if d["kind"] == "BackendTrafficPolicy"]
+
+
+def test_the_grace_period_covers_the_drain_delay() -> None:
+    docs = render("drain.timeoutSeconds=10", "drain.delaySeconds=40", "drain.preStopSleepSeconds=5")
+    grace = kind(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    env = kind(docs, "ConfigMap")["data"]
+    assert env["GATEWAY_DRAIN_DELAY"] == "40"
+    assert grace == 5 + 40 + 15
+    assert int(env["GATEWAY_TERMINATION_GRACE"]) == grace - 5

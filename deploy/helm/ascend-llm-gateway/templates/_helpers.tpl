@@ -46,7 +46,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Grace = preStop sleep + drain timeout + 15 s (abort, [DONE], engine shutdown). */}}
 {{- define "alg.terminationGrace" -}}
-{{- add .Values.drain.preStopSleepSeconds .Values.drain.timeoutSeconds 15 -}}
+{{- add .Values.drain.preStopSleepSeconds (max .Values.drain.timeoutSeconds .Values.drain.delaySeconds) 15 -}}
 {{- end -}}
 
 {{/* Refuse values that render fine but cannot run. */}}
@@ -71,6 +71,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled -}}
 {{- fail "autoscaling.enabled and keda.enabled both scale the Deployment: choose one" -}}
+{{- end -}}
+{{- $btp := .Values.inferencePool.backendTrafficPolicy -}}
+{{- if and .Values.inferencePool.enabled $btp.enabled (not $btp.httpRouteName) -}}
+{{- fail "inferencePool.backendTrafficPolicy.enabled needs httpRouteName: the HTTPRoute whose backend is the pool" -}}
+{{- end -}}
+{{- if and $btp.enabled (ge (int $btp.connectionIdleTimeoutSeconds) (int .Values.gateway.keepaliveTimeoutSeconds)) -}}
+{{- fail "inferencePool.backendTrafficPolicy.connectionIdleTimeoutSeconds must be below gateway.keepaliveTimeoutSeconds: the proxy must close idle connections first" -}}
 {{- end -}}
 {{- if and .Values.inferencePool.enabled (not .Values.inferencePool.endpointPicker.name) -}}
 {{- fail "inferencePool.enabled needs inferencePool.endpointPicker.name: the Service of the endpoint picker you installed" -}}
