@@ -55,19 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             server.stop()
 
     app = create_app(settings, on_exit=on_exit)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # ours, from app.observability.logs
-        http=protocol_class(
-            HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout),
-            on_reject=app.state.rejections.count,
-        ),
-        timeout_graceful_shutdown=5,
-    )
-    server = GatewayServer(config, app.state.supervisor)
+    server = GatewayServer(uvicorn_config(settings, app), app.state.supervisor)
     server.run()
     # The engine and its processes are down. Run the exit handlers, then skip
     # the interpreter's module teardown: all it would add is ~30 lines of
