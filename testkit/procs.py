@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> float:
+    """Seconds until `url` answers 200; AssertionError when `alive()` turns
+    false or `timeout` passes first."""
+    t0 = time.monotonic()
+    while True:
+        assert alive(), f"the server behind {url} has gone"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() - t0 < timeout, f"{url} not 200 within {timeout} s"
+        time.sleep(0.1)
 
 
 class Server:
@@ -48,20 +64,14 @@ class Server:
     def wait_ready(self, timeout: float = 600, path: str = "/health") -> float:
         """Seconds until `path` answered 200. If the process exits first, or
         `timeout` passes (then it is killed), RuntimeError with its log's tail."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.logs()[-4000:]}"
-                )
-            try:
-                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.proc.kill()
-        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.logs()[-4000:]}")
+        try:
+            return wait_ok(f"{self.url}{path}", timeout, lambda: self.proc.poll() is None)
+        except AssertionError as exc:
+            code = self.proc.poll()
+            if code is None:
+                self.proc.kill()
+            state = f"exited with {code}" if code is not None else "not ready, killed"
+            raise RuntimeError(f"{self.name} {state} ({exc}):\n{self.logs()[-4000:]}") from None
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`."""

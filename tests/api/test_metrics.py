@@ -15,6 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.procs import wait_ok
 from tests.support.gateway import MODEL_NAME, ROOT, Gateway, free_port
 from tests.support.metrics import Samples, scrape
 from tests.support.metrics import value as support_value
@@ -198,16 +199,7 @@ def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
     try:
         # Prometheus answers 503 "Service Unavailable" until its TSDB is open;
         # queries before /-/ready returns 200 are not JSON.
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "prometheus exited during startup"
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "prometheus not ready within 60 s"
-            time.sleep(0.2)
+        wait_ok(f"{url}/-/ready", 60, lambda: proc.poll() is None)
         yield url
     finally:
         proc.terminate()

@@ -23,7 +23,7 @@ from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.main import create_app
 from testkit.fake_engine import FakeEngine, Out, ReqOut
-from testkit.procs import free_port
+from testkit.procs import free_port, wait_ok
 
 
 async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
@@ -59,15 +59,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "in-process server did not become ready"
-        time.sleep(0.05)
+    wait_ok(f"{url}/health/ready", 30, thread.is_alive)
     yield served
     server.should_exit = True
     thread.join(30)
