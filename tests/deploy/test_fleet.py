@@ -146,7 +146,8 @@ def test_a_new_claim_needs_a_filler() -> None:
     assert filler["image"] == "registry.example.com/fetch:1"
     mount = filler["volumeMounts"][0]
     assert mount["name"] == "weights" and not mount.get("readOnly")
-    assert kind(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadOnlyMany"]
+    # The filler writes it, every replica reads it.
+    assert kind(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
     gateway_mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == "weights")
     assert gateway_mount["readOnly"] is True
 

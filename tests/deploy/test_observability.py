@@ -52,7 +52,9 @@ def test_dashboard_queries_parse_and_use_rate_interval(tmp_path: Path) -> None:
                 "rules": [
                     {
                         "record": f"dashboard:q{i}",
-                        "expr": e.replace("$__rate_interval", "1m").replace("$model", ".*"),
+                        "expr": re.sub(
+                            r"\$(model|namespace|pod)\b", ".*", e.replace("$__rate_interval", "1m")
+                        ),
                     }
                     for i, e in enumerate(exprs)
                 ],

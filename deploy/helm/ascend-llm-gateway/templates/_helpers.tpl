@@ -17,9 +17,16 @@ app.kubernetes.io/name: {{ include "alg.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Fixed whatever the release or nameOverride: the alert rules select by it
+(app_kubernetes_io_part_of on every scraped series, through targetLabels). */}}
+{{- define "alg.partOf" -}}
+app.kubernetes.io/part-of: ascend-llm-gateway
+{{- end -}}
+
 {{- define "alg.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "alg.selectorLabels" . }}
+{{ include "alg.partOf" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
@@ -66,8 +73,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.strategy.type "RollingUpdate") .Values.strategy.rollingUpdate -}}
 {{- $surge = .Values.strategy.rollingUpdate.maxSurge | default 0 -}}
 {{- end -}}
-{{- if and $single (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.keda.enabled (ne (toString $surge) "0")) -}}
+{{- $surges := not (has (toString $surge) (list "0" "0%")) -}}
+{{- if and $single (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.keda.enabled $surges) -}}
 {{- fail "the weights claim is ReadWriteOnce: it attaches to one node, so more than one replica, autoscaling or a rollout surge stalls on Multi-Attach. Use a ReadOnlyMany claim (recommended), or replicaCount 1 with strategy maxSurge 0 / maxUnavailable 1" -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled -}}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled both scrape the pods: choose one" -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled -}}
 {{- fail "autoscaling.enabled and keda.enabled both scale the Deployment: choose one" -}}
