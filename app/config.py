@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     )
 
     model: str = Field(DEFAULT_MODEL, description="Local model directory (no hub downloads).")
-    served_model_name: str | None = Field(
-        None, description="Model id clients send; defaults to the model directory's name."
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model ids clients may send (one, a comma-separated list, or a JSON "
+        "list; the first is the one answers name); default: the model directory's name.",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -107,6 +109,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Request body limit (413).")
     max_prompts: int = Field(64, ge=1, description="Prompts in one request (a list).")
+    max_schema_bytes: int = Field(
+        65_536,
+        ge=64,
+        description="Bytes of one output constraint (JSON schema, grammar, regex, choices) "
+        "as JSON; beyond: 400.",
+    )
     max_stop: int = Field(8, ge=0, description="Stop sequences per request.")
     max_stop_length: int = Field(256, ge=1, description="Characters per stop sequence.")
     max_header_bytes: int = Field(
@@ -208,10 +216,11 @@ class Settings(BaseSettings):
         description='JSON object of any other vLLM engine argument, e.g. {"seed": 1}.',
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "served_model_name", mode="before")
     @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        # vLLM's --api-key takes one key: accept that, a comma list, or JSON.
+    def _split_list(cls, value: Any) -> Any:
+        # vLLM's --api-key takes one key (and --served-model-name one or more
+        # names): accept one, a comma list, or a JSON list.
         if not isinstance(value, str):
             return value
         text = value.strip()
@@ -220,7 +229,7 @@ class Settings(BaseSettings):
                 return json.loads(text)
             except ValueError:
                 raise ValueError(
-                    "looks like a JSON list but is not valid JSON; give one key, "
+                    "looks like a JSON list but is not valid JSON; give one value, "
                     "a comma-separated list, or a JSON list of strings"
                 ) from None
         return [k.strip() for k in text.split(",") if k.strip()]
@@ -252,8 +261,13 @@ class Settings(BaseSettings):
         return self.rate_limit_burst or max(1, self.rate_limit_rpm // 6)
 
     @property
+    def model_names(self) -> list[str]:
+        """Every id the model is served under; the first is its name in answers."""
+        return self.served_model_name or [Path(self.model).resolve().name]
+
+    @property
     def model_name(self) -> str:
-        return self.served_model_name or Path(self.model).resolve().name
+        return self.model_names[0]
 
     def engine_kwargs(self, device: str) -> dict[str, Any]:
         """The engine arguments: profile defaults, then explicit settings, then passthrough."""
@@ -273,5 +287,6 @@ class Settings(BaseSettings):
                 kwargs[name] = value
         kwargs.update(self.engine_args)
         kwargs["model"] = self.model
-        kwargs["served_model_name"] = self.model_name
+        names = self.model_names
+        kwargs["served_model_name"] = names[0] if len(names) == 1 else names
         return kwargs

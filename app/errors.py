@@ -53,6 +53,15 @@ class ContextLengthExceeded(InvalidRequest):
     reason = "context_length"
 
 
+class InvalidConstraint(InvalidRequest):
+    """An output constraint (response_format, structured_outputs, guided_*)
+    that cannot be enforced: malformed, too large, or refused by the engine's
+    grammar backend."""
+
+    code = "invalid_constraint"
+    reason = "invalid_constraint"
+
+
 class TemplateMissing(InvalidRequest):
     """A chat request, and no chat template configured or shipped with the tokenizer."""
 

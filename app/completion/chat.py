@@ -71,11 +71,6 @@ class ChatPreparer:
         for name, what in _UNSUPPORTED.items():
             if getattr(req, name) is not None:
                 raise InvalidRequest(f"{name}: {what} is not supported by this model.", param=name)
-        if req.response_format is not None and req.response_format.get("type") != "text":
-            raise InvalidRequest(
-                "response_format: only the 'text' type is supported (no constrained output).",
-                param="response_format",
-            )
         limit = preparer.model.max_model_len
         requested = req.max_completion_tokens or req.max_tokens
         if requested is not None:

@@ -93,7 +93,7 @@ class Choices:
         deltas: list[Delta] = []
         if out.prompt_logprobs:
             self._prompt_logprobs.setdefault(prompt_index, out.prompt_logprobs)
-        metrics = self.metrics
+        metrics, echo_only = self.metrics, self.prep.echo_only
         for o in out.outputs:
             key = (prompt_index, o.index)
             choice = self._choices.get(key)
@@ -104,7 +104,8 @@ class Choices:
             else:
                 prefix, first = "", False
                 lp_start = len(choice.logprobs["tokens"]) if choice.logprobs is not None else 0
-            n = len(o.token_ids)
+            # Scoring (echo, max_tokens 0): the one step the engine ran is left out.
+            n = 0 if echo_only else len(o.token_ids)
             if n:
                 choice.tokens += n
                 self.completion_tokens += n
@@ -116,9 +117,9 @@ class Choices:
                 choice.timer.finish(metrics)
             if o.cumulative_logprob is not None:
                 choice.cumulative_logprob = o.cumulative_logprob
-            if choice.logprobs is not None and o.logprobs is not None:
+            if choice.logprobs is not None and o.logprobs is not None and not echo_only:
                 self._add_logprobs(choice, o.token_ids, o.logprobs)
-            text = o.text
+            text = "" if echo_only else o.text
             if text:
                 choice.parts.append(text)
             if prefix:

@@ -9,6 +9,7 @@ import hmac
 import os
 import time
 
+from app.completion.constraints import constraint_of
 from app.completion.context_limit import check_max_tokens, fit_prompt
 from app.completion.prepared import PreparedCompletion, PreparedPrompt, ServedModel
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest, Prompt
@@ -19,6 +20,8 @@ from app.errors import InvalidRequest
 from app.ids import new_id
 from app.observability.metrics import Metrics
 
+_GUIDED_FIELDS = ("guided_json", "guided_choice", "guided_regex", "guided_grammar")
+
 
 class Preparer:
     def __init__(
@@ -28,7 +31,8 @@ class Preparer:
         self.settings = settings
         self.tokenizer = tokenizer
         self.metrics = metrics
-        self.model = ServedModel(settings.model_name, engine.max_model_len, engine.vocab_size)
+        first, *aliases = settings.model_names
+        self.model = ServedModel(first, engine.max_model_len, engine.vocab_size, tuple(aliases))
         # Per process: salts are only compared within this engine's cache.
         self._salt_key = os.urandom(32)
 
@@ -53,6 +57,20 @@ class Preparer:
         if req.suffix is not None:
             raise InvalidRequest("suffix is not supported by this model.", param="suffix")
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        # Scoring (lm-eval's loglikelihood): the prompt and its logprobs back,
+        # nothing generated. The engine still runs one step (as vLLM's own
+        # server does), whose token the answer leaves out.
+        echo_only = max_tokens == 0
+        if echo_only and not req.echo:
+            raise InvalidRequest(
+                "max_tokens must be at least 1 (0 only with echo: true, to score the prompt).",
+                param="max_tokens",
+            )
+        if echo_only and req.stream:
+            raise InvalidRequest(
+                "max_tokens 0 (scoring the prompt) cannot be streamed.", param="max_tokens"
+            )
+        max_tokens = max(max_tokens, 1)
         check_max_tokens(max_tokens, self.engine.max_model_len)
         best_of = req.best_of if req.best_of is not None else req.n
         if best_of < req.n:
@@ -104,6 +122,7 @@ class Preparer:
             logprobs=req.logprobs,
             tenant=tenant,
             tokens_as_ids=req.return_tokens_as_token_ids,
+            echo_only=echo_only,
         )
 
     def build(
@@ -118,6 +137,7 @@ class Preparer:
         tenant: bytes | None,
         tokens_as_ids: bool = False,
         dropped_messages: int | None = None,
+        echo_only: bool = False,
     ) -> PreparedCompletion:
         """The one builder of a prepared completion, for text and chat
         (`dropped_messages` is chat's); truncation is counted here."""
@@ -139,7 +159,12 @@ class Preparer:
             dropped_messages=dropped_messages or 0,
             cache_salt=self.cache_salt(req.cache_salt, tenant),
             stream_interval=req.stream_interval or self.settings.stream_interval,
+            echo_only=echo_only,
         )
+        if options.structured is not None:
+            self.metrics.structured_requests.labels(
+                self.metrics.model, options.structured.kind
+            ).inc()
         if prep.dropped_tokens:
             self.metrics.truncated_requests.inc()
             self.metrics.truncated_tokens.inc(prep.dropped_tokens)
@@ -174,6 +199,12 @@ class Preparer:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=req.skip_special_tokens,
+            structured=constraint_of(
+                req.response_format,
+                req.structured_outputs,
+                {name: getattr(req, name) for name in _GUIDED_FIELDS},
+                self.settings.max_schema_bytes,
+            ),
         )
 
     def _deadline(self, arrival: float) -> float | None:

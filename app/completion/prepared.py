@@ -40,6 +40,7 @@ class PreparedCompletion:
     dropped_messages: int = 0  # chat: oldest messages dropped to fit
     cache_salt: str | None = None  # the prefix-cache partition (Preparer.cache_salt)
     stream_interval: int = 1  # at most this many tokens per stream event after the first
+    echo_only: bool = False  # max_tokens 0 with echo: the prompt scored, its output left out
 
     @property
     def dropped_tokens(self) -> int:
@@ -60,13 +61,19 @@ class PreparedCompletion:
 class ServedModel:
     """The model this gateway serves, and its limits."""
 
-    name: str
+    name: str  # what answers call it
     max_model_len: int
     vocab_size: int
+    aliases: tuple[str, ...] = ()  # other ids clients may send (GATEWAY_SERVED_MODEL_NAME)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
 
     def check(self, model: str | None) -> None:
         """404 for any model id but ours (None: the client did not say)."""
-        if model is not None and model != self.name:
+        if model is not None and model != self.name and model not in self.aliases:
+            served = ", ".join(f"'{n}'" for n in self.names)
             raise ModelNotFound(
-                f"The model does not exist; this gateway serves '{self.name}'.", param="model"
+                f"The model does not exist; this gateway serves {served}.", param="model"
             )

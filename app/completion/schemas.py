@@ -6,7 +6,7 @@ built on the hot path and serialised with `json.dumps`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -65,13 +65,22 @@ class _Sampling(_Request):
     skip_special_tokens: bool = True
     cache_salt: Text | None = None
     stream_interval: int | None = Field(None, ge=1, le=MAX_STREAM_INTERVAL)
+    # Output constraints (app.completion.constraints): OpenAI's, vLLM's, and
+    # vLLM's older names; one per request.
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | Text | None = None
+    guided_choice: list[Text] | None = None
+    guided_regex: Text | None = None
+    guided_grammar: Text | None = None
 
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=1)
+    # 0 only with echo: score the prompt (its logprobs), generate nothing.
+    max_tokens: int | None = Field(16, ge=0)
     best_of: int | None = Field(None, ge=1, le=128)
     logprobs: int | None = Field(None, ge=0)
     echo: bool = False
@@ -110,14 +119,12 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    # Accepted by the schema, refused by name: a base model has no tool calling
-    # or constrained output here.
+    # Accepted by the schema, refused by name: a base model has no tool calling.
     tools: list[dict[str, object]] | None = None
     tool_choice: object | None = None
     functions: list[dict[str, object]] | None = None
     function_call: object | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, object] | None = None
 
 
 class TokenizeRequest(_Request):

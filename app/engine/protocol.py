@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 class Logprob(Protocol):
@@ -53,6 +53,22 @@ class Tokenizer(Protocol):
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
 
 
+StructuredKind = Literal["json", "json_object", "choice", "regex", "grammar"]
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """One output constraint the engine enforces while decoding (vLLM's
+    StructuredOutputsParams field of the same name): a JSON schema (dict),
+    any JSON object (True), one of the choices (list), a regex or an EBNF
+    grammar (str). `param` is where the request put it, for errors."""
+
+    kind: StructuredKind
+    value: Any
+    param: str
+    disable_any_whitespace: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """Sampling for one prompt; field names are vLLM's SamplingParams names.
@@ -79,6 +95,7 @@ class SamplingOptions:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None
 
 
 class Engine(Protocol):

@@ -40,14 +40,14 @@ from typing import Any, cast
 from vllm import SamplingParams
 from vllm import envs as vllm_envs
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from app.config import DEVICE_ENV_DEFAULTS, Settings
 from app.engine.preflight import check_npu
-from app.engine.protocol import RequestOutput, SamplingOptions, Tokenizer
+from app.engine.protocol import RequestOutput, SamplingOptions, StructuredOutput, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import EngineStep
@@ -202,8 +202,19 @@ class VllmEngine:
 
 
 def _sampling_params(options: SamplingOptions) -> SamplingParams:
-    kwargs: dict[str, Any] = {k: v for k, v in asdict(options).items() if v is not None}
+    kwargs: dict[str, Any] = {
+        k: v for k, v in asdict(options).items() if v is not None and k != "structured"
+    }
+    if options.structured is not None:
+        kwargs["structured_outputs"] = _structured_outputs(options.structured)
     return SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
+
+
+def _structured_outputs(constraint: StructuredOutput) -> StructuredOutputsParams:
+    return StructuredOutputsParams(
+        **{constraint.kind: constraint.value},
+        disable_any_whitespace=constraint.disable_any_whitespace,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

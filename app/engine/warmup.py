@@ -6,8 +6,10 @@ before `ready` keeps that cost off the first users.
 - minimal: one request at batch 1.
 - full: batch 1, a decode batch of every captured graph size up to
   `max_num_seqs` (on Ascend: the ACL graph capture sizes; eager engines have
-  none) and of `max_num_seqs` itself, and one prefill of `max_model_len - 1`
-  tokens.
+  none) and of `max_num_seqs` itself, one prefill of `max_model_len - 1`
+  tokens, and one constrained generation: the grammar backend builds its
+  tokenizer data on the first constrained request (seconds), which would
+  otherwise land on the first user's time to first token.
 """
 
 from __future__ import annotations
@@ -16,16 +18,30 @@ import asyncio
 import logging
 import time
 
-from app.engine.protocol import Engine, SamplingOptions
+from app.engine.protocol import Engine, SamplingOptions, StructuredOutput
 
 logger = logging.getLogger(__name__)
 
+# The cheapest constraint: it makes the grammar backend load the tokenizer's
+# vocabulary, which every later constraint reuses.
+WARM_CONSTRAINT = StructuredOutput("choice", ["yes", "no"], "warmup")
+
 
 async def generate_once(
-    engine: Engine, prompt: list[int], max_tokens: int, request_id: str
+    engine: Engine,
+    prompt: list[int],
+    max_tokens: int,
+    request_id: str,
+    structured: StructuredOutput | None = None,
 ) -> None:
     """One greedy generation to its end (warmup, the watchdog's canary)."""
-    options = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    options = SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        # A constraint ends the output itself (its grammar's end is an EOS).
+        ignore_eos=structured is None,
+        structured=structured,
+    )
     async for _ in engine.generate(prompt, options, request_id):
         pass
 
@@ -51,10 +67,15 @@ async def warm_up(engine: Engine, level: str) -> None:
         return
     steps: list[tuple[str, float]] = []
 
-    async def step(name: str, *runs: tuple[list[int], int]) -> None:
+    async def step(
+        name: str, *runs: tuple[list[int], int], structured: StructuredOutput | None = None
+    ) -> None:
         t0 = time.monotonic()
         await asyncio.gather(
-            *(generate_once(engine, p, n, f"warmup-{name}-{i}") for i, (p, n) in enumerate(runs))
+            *(
+                generate_once(engine, p, n, f"warmup-{name}-{i}", structured)
+                for i, (p, n) in enumerate(runs)
+            )
         )
         steps.append((name, time.monotonic() - t0))
 
@@ -65,4 +86,5 @@ async def warm_up(engine: Engine, level: str) -> None:
                 f"batch{batch}", *((synthetic_prompt(engine, i + 1, 16), 4) for i in range(batch))
             )
         await step("long-prefill", (synthetic_prompt(engine, 0, engine.max_model_len - 1), 1))
+        await step("structured", (synthetic_prompt(engine, 2, 16), 4), structured=WARM_CONSTRAINT)
     logger.info("warmup (%s): %s", level, ", ".join(f"{n} {s:.2f}s" for n, s in steps))

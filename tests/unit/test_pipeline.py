@@ -19,9 +19,16 @@ from app.completion.service import CompletionService, CompletionStream
 from app.completion.sse import DONE_EVENT, error_events, sse_event
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
-from app.errors import ContextLengthExceeded, EngineFailure, Overloaded
+from app.errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidConstraint,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+)
 from app.observability.metrics import Metrics
-from testkit.fake_engine import FakeEngine, Out, ReqOut
+from testkit.fake_engine import FakeEngine, Lp, Out, ReqOut
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +59,8 @@ def service(
     max_model_len: int = 64,
     **overrides: object,
 ) -> tuple[CompletionService, Metrics]:
-    settings = Settings(served_model_name="fake", chat_template="mobilellama-v1", **overrides)  # type: ignore[arg-type]
+    overrides.setdefault("served_model_name", "fake")
+    settings = Settings(chat_template="mobilellama-v1", **overrides)  # type: ignore[arg-type]
     metrics = Metrics(CollectorRegistry(), "fake")
     engine = FakeEngine(script, max_model_len=max_model_len)
     admission = Admission(max_inflight, max_queue, 10_000)
@@ -258,3 +266,77 @@ async def test_the_service_seam_counts_engine_requests_and_breaks_them() -> None
         await stream.next_events()
     await stream.close()
     assert svc.in_engine() == 0
+
+
+async def test_a_constraint_reaches_the_engine_and_is_counted() -> None:
+    seen: list[SamplingOptions] = []
+
+    async def record(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        seen.append(options)
+        yield ReqOut([Out(0, "yes", [5], "stop")], finished=True)
+
+    svc, metrics = service(record, max_model_len=512)
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string"}}}
+    await svc.complete(
+        await svc.prepare(
+            ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], response_format=fmt)
+        )
+    )
+    await svc.complete(
+        await svc.prepare(CompletionRequest(prompt="hi", structured_outputs={"choice": ["yes"]}))
+    )
+    assert [(o.structured.kind, o.structured.value) for o in seen] == [  # type: ignore[union-attr]
+        ("json", {"type": "string"}),
+        ("choice", ["yes"]),
+    ]
+    for kind, count in (("json", 1), ("choice", 1), ("regex", 0)):
+        got = metrics.registry.get_sample_value(
+            "gateway_structured_requests_total", {"model": "fake", "kind": kind}
+        )
+        assert got == count, kind
+
+
+async def test_the_engines_refusal_of_a_constraint_names_its_field() -> None:
+    async def refuses(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        raise InvalidRequest("Failed to transform grammar")
+        yield ReqOut([])  # pragma: no cover
+
+    svc, _ = service(refuses)
+    prep = await svc.prepare(
+        CompletionRequest(prompt="hi", structured_outputs={"grammar": "root ::= oops"})
+    )
+    with pytest.raises(InvalidConstraint) as info:
+        await svc.complete(prep)
+    assert info.value.param == "structured_outputs.grammar"
+    assert info.value.reason == "invalid_constraint"
+
+
+async def test_scoring_returns_the_prompt_and_its_logprobs_without_the_generated_token() -> None:
+    async def scored(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        assert options.max_tokens == 1 and options.prompt_logprobs == 1
+        prompt = [None] + [{t: Lp(-0.5, None)} for t in ids[1:]]
+        yield ReqOut(
+            [Out(0, "z", [9], "length", logprobs=[{9: Lp(-1.0, "z")}])],
+            finished=True,
+            prompt_logprobs=prompt,
+        )
+
+    svc, _ = service(scored)
+    prep = await svc.prepare(CompletionRequest(prompt="hi", max_tokens=0, echo=True, logprobs=1))
+    body = await svc.complete(prep)
+    choice = body["choices"][0]
+    assert choice["text"] == "hi"
+    assert choice["logprobs"]["token_logprobs"] == [None, -0.5, -0.5]
+    assert body["usage"]["completion_tokens"] == 0
+    assert body["usage"]["prompt_tokens"] == 3
+    with pytest.raises(InvalidRequest) as info:
+        await svc.prepare(CompletionRequest(prompt="hi", max_tokens=0))
+    assert info.value.param == "max_tokens"
+
+
+async def test_every_served_name_is_accepted_and_answers_use_the_first() -> None:
+    svc, _ = service(served_model_name="main,alias")
+    body = await svc.complete(await svc.prepare(CompletionRequest(prompt="hi", model="alias")))
+    assert body["model"] == "main"
+    with pytest.raises(ModelNotFound):
+        await svc.prepare(CompletionRequest(prompt="hi", model="other"))

@@ -28,9 +28,13 @@ def test_batch_sizes_are_the_captured_sizes_up_to_max_num_seqs() -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_full_warmup_runs_every_size_and_a_long_prefill(anyio_backend: str) -> None:
     seen: list[tuple[int, int]] = []
+    constrained: list[SamplingOptions] = []
 
     async def record(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        seen.append((len(ids), options.max_tokens))
+        if options.structured is not None:
+            constrained.append(options)
+        else:
+            seen.append((len(ids), options.max_tokens))
         yield ReqOut([Out(0, "x", [5], finish_reason="length")], finished=True)
 
     engine = FakeEngine(record, max_num_seqs=8, capture_sizes=[1, 2, 4, 8, 16])
@@ -39,6 +43,8 @@ async def test_full_warmup_runs_every_size_and_a_long_prefill(anyio_backend: str
     assert len(decodes) == 2 + 4 + 8  # batches of 2, 4 and 8
     assert (engine.max_model_len - 1, 1) in seen  # the long prefill
     assert all(0 < n <= engine.max_model_len for n, _ in seen)
+    # One constrained generation, so the grammar backend is loaded before ready.
+    assert [(o.structured.kind, o.ignore_eos) for o in constrained] == [("choice", False)]  # type: ignore[union-attr]
     seen.clear()
     await warm_up(engine, "none")  # type: ignore[arg-type]
     assert seen == []

@@ -13,9 +13,9 @@ router = APIRouter()
 _CREATED = int(time.time())
 
 
-def _card(model: ServedModel) -> ModelCard:
+def _card(model: ServedModel, name: str) -> ModelCard:
     return {
-        "id": model.name,
+        "id": name,
         "object": "model",
         "created": _CREATED,
         "owned_by": "ascend-llm-gateway",
@@ -27,13 +27,13 @@ def _card(model: ServedModel) -> ModelCard:
 
 @router.get("/v1/models", response_model=None)
 async def list_models(model: ModelDep) -> Response:
-    """List the served model."""
-    body: ModelList = {"object": "list", "data": [_card(model)]}
+    """List the served model, once per name it answers to."""
+    body: ModelList = {"object": "list", "data": [_card(model, n) for n in model.names]}
     return json_response(body)
 
 
 @router.get("/v1/models/{model_id:path}", response_model=None)
 async def get_model(model_id: str, model: ModelDep) -> Response:
-    """Describe the served model; 404 for any other id."""
+    """Describe the served model under one of its names; 404 for any other id."""
     model.check(model_id)
-    return json_response(_card(model))
+    return json_response(_card(model, model_id))

@@ -1,0 +1,148 @@
+"""Output constraints, as a request states them: OpenAI's `response_format`
+(`json_object`, `json_schema`), vLLM's `structured_outputs` (`json`,
+`choice`, `regex`, `grammar`, `json_object`) and vLLM's older `guided_*`
+names, read into the one constraint the engine enforces. One per request;
+each is checked here for what can be checked without the engine (its shape,
+its size, a JSON Schema against its metaschema, a regex that compiles), and
+the engine's own check (its grammar backend) follows at submission. Errors
+name the field, never echo the constraint."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+
+from app.engine.protocol import StructuredKind, StructuredOutput
+from app.errors import InvalidConstraint
+
+# vLLM's structured_outputs keys that are a constraint (one of them), and the
+# options that may come with it.
+_KINDS: tuple[StructuredKind, ...] = ("json", "json_object", "choice", "regex", "grammar")
+_OPTIONS = {"disable_any_whitespace"}
+_GUIDED: dict[str, StructuredKind] = {
+    "guided_json": "json",
+    "guided_choice": "choice",
+    "guided_regex": "regex",
+    "guided_grammar": "grammar",
+}
+
+
+def constraint_of(
+    response_format: dict[str, Any] | None,
+    structured_outputs: dict[str, Any] | None,
+    guided: dict[str, Any],
+    max_bytes: int,
+) -> StructuredOutput | None:
+    """The request's one constraint, checked; None when it has none.
+    `guided` maps each guided_* field the request set to its value."""
+    found: list[tuple[StructuredKind, Any, str]] = []
+    if response_format is not None:
+        found += _response_format(response_format)
+    options: dict[str, Any] = {}
+    if structured_outputs is not None:
+        for key, value in structured_outputs.items():
+            if key in _OPTIONS:
+                options[key] = _flag(value, f"structured_outputs.{key}")
+            elif key in _KINDS:
+                if value is not None:
+                    found.append((key, value, f"structured_outputs.{key}"))
+            else:
+                raise InvalidConstraint(
+                    "structured_outputs takes one of json, json_object, choice, regex, grammar "
+                    "(and disable_any_whitespace).",
+                    param="structured_outputs",
+                )
+    for name, value in guided.items():
+        if value is not None:
+            found.append((_GUIDED[name], value, name))
+    if not found:
+        return None
+    if len(found) > 1:
+        names = " and ".join(param for _, _, param in found)
+        raise InvalidConstraint(
+            f"One output constraint per request: this one has {names}.", param=found[1][2]
+        )
+    kind, value, param = found[0]
+    value = _checked(kind, value, param, max_bytes)
+    return StructuredOutput(kind, value, param, **options)
+
+
+def _response_format(fmt: dict[str, Any]) -> list[tuple[StructuredKind, Any, str]]:
+    kind = fmt.get("type")
+    if kind == "text":
+        return []
+    if kind == "json_object":
+        return [("json_object", True, "response_format")]
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidConstraint(
+                "response_format json_schema needs json_schema.schema, a JSON Schema object.",
+                param="response_format.json_schema.schema",
+            )
+        return [("json", spec["schema"], "response_format.json_schema.schema")]
+    raise InvalidConstraint(
+        "response_format.type must be 'text', 'json_object' or 'json_schema'.",
+        param="response_format.type",
+    )
+
+
+def _flag(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidConstraint(f"{param} must be true or false.", param=param)
+    return value
+
+
+def _checked(kind: StructuredKind, value: Any, param: str, max_bytes: int) -> Any:
+    """`value` as the engine takes it, or InvalidConstraint."""
+    size = len(value.encode() if isinstance(value, str) else json.dumps(value).encode())
+    if size > max_bytes:
+        raise InvalidConstraint(
+            f"{param} is {size} bytes; at most {max_bytes} are accepted "
+            "(GATEWAY_MAX_SCHEMA_BYTES).",
+            param=param,
+        )
+    if kind == "json":
+        if isinstance(value, str):  # vLLM's guided_json may be the schema's text
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise InvalidConstraint(f"{param} is not valid JSON.", param=param) from None
+        if not isinstance(value, dict):
+            raise InvalidConstraint(f"{param} must be a JSON Schema object.", param=param)
+        try:
+            validator_for(value).check_schema(value)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path) or "its root"
+            raise InvalidConstraint(
+                f"{param} is not a valid JSON Schema (at {where}).", param=param
+            ) from None
+        return value
+    if kind == "json_object":
+        if value is not True:
+            raise InvalidConstraint(f"{param} must be true.", param=param)
+        return True
+    if kind == "choice":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(c, str) and c for c in value)
+        ):
+            raise InvalidConstraint(
+                f"{param} must be a non-empty list of non-empty strings.", param=param
+            )
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidConstraint(f"{param} must be a non-empty string.", param=param)
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise InvalidConstraint(
+                f"{param} does not compile as a regular expression ({exc.msg}).", param=param
+            ) from None
+    return value
