@@ -198,8 +198,13 @@ class Generation:
         if not isinstance(exc, TimeoutError):
             structured = self.prep.options.structured
             if structured is not None and type(exc) is InvalidRequest:
-                # The engine's grammar backend refused the constraint.
-                return InvalidConstraint(exc.message, param=structured.param)
+                # The engine's grammar backend refused the constraint. Its own
+                # text quotes the constraint: only its first clause is told.
+                why = exc.message.split(":", 1)[0][:120]
+                return InvalidConstraint(
+                    f"{structured.param} was refused by the engine's grammar backend ({why}).",
+                    param=structured.param,
+                )
             return exc
         broken = self.runner.broken
         return broken if broken is not None else self.runner.timed_out()

@@ -7,9 +7,10 @@ before `ready` keeps that cost off the first users.
 - full: batch 1, a decode batch of every captured graph size up to
   `max_num_seqs` (on Ascend: the ACL graph capture sizes; eager engines have
   none) and of `max_num_seqs` itself, one prefill of `max_model_len - 1`
-  tokens, and one constrained generation: the grammar backend builds its
-  tokenizer data on the first constrained request (seconds), which would
-  otherwise land on the first user's time to first token.
+  tokens, one constrained generation and one with prompt logprobs: the
+  first of each pays a one-time cost in the engine (the grammar backend's
+  tokenizer data; ~11 s for the first prompt logprobs on the CPU fixture),
+  which would otherwise land on the first user's time to first token.
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ async def generate_once(
     max_tokens: int,
     request_id: str,
     structured: StructuredOutput | None = None,
+    logprobs: int | None = None,
 ) -> None:
-    """One greedy generation to its end (warmup, the watchdog's canary)."""
+    """One greedy generation to its end (warmup, the watchdog's canary);
+    `logprobs` asks them for the prompt and the output too."""
     options = SamplingOptions(
         max_tokens=max_tokens,
         temperature=0.0,
         # A constraint ends the output itself (its grammar's end is an EOS).
         ignore_eos=structured is None,
         structured=structured,
+        logprobs=logprobs,
+        prompt_logprobs=logprobs,
     )
     async for _ in engine.generate(prompt, options, request_id):
         pass
@@ -68,12 +73,15 @@ async def warm_up(engine: Engine, level: str) -> None:
     steps: list[tuple[str, float]] = []
 
     async def step(
-        name: str, *runs: tuple[list[int], int], structured: StructuredOutput | None = None
+        name: str,
+        *runs: tuple[list[int], int],
+        structured: StructuredOutput | None = None,
+        logprobs: int | None = None,
     ) -> None:
         t0 = time.monotonic()
         await asyncio.gather(
             *(
-                generate_once(engine, p, n, f"warmup-{name}-{i}", structured)
+                generate_once(engine, p, n, f"warmup-{name}-{i}", structured, logprobs)
                 for i, (p, n) in enumerate(runs)
             )
         )
@@ -87,4 +95,5 @@ async def warm_up(engine: Engine, level: str) -> None:
             )
         await step("long-prefill", (synthetic_prompt(engine, 0, engine.max_model_len - 1), 1))
         await step("structured", (synthetic_prompt(engine, 2, 16), 4), structured=WARM_CONSTRAINT)
+        await step("scoring", (synthetic_prompt(engine, 3, 16), 1), logprobs=1)
     logger.info("warmup (%s): %s", level, ", ".join(f"{n} {s:.2f}s" for n, s in steps))

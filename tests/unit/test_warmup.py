@@ -31,7 +31,7 @@ async def test_full_warmup_runs_every_size_and_a_long_prefill(anyio_backend: str
     constrained: list[SamplingOptions] = []
 
     async def record(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        if options.structured is not None:
+        if options.structured is not None or options.prompt_logprobs is not None:
             constrained.append(options)
         else:
             seen.append((len(ids), options.max_tokens))
@@ -43,8 +43,11 @@ async def test_full_warmup_runs_every_size_and_a_long_prefill(anyio_backend: str
     assert len(decodes) == 2 + 4 + 8  # batches of 2, 4 and 8
     assert (engine.max_model_len - 1, 1) in seen  # the long prefill
     assert all(0 < n <= engine.max_model_len for n, _ in seen)
-    # One constrained generation, so the grammar backend is loaded before ready.
-    assert [(o.structured.kind, o.ignore_eos) for o in constrained] == [("choice", False)]  # type: ignore[union-attr]
+    # One constrained generation and one scoring, so the grammar backend and the
+    # prompt-logprobs path have paid their first-use cost before ready.
+    kinds = [(o.structured and o.structured.kind, o.prompt_logprobs) for o in constrained]
+    assert kinds == [("choice", None), (None, 1)]
+    assert constrained[0].ignore_eos is False
     seen.clear()
     await warm_up(engine, "none")  # type: ignore[arg-type]
     assert seen == []
