@@ -15,7 +15,7 @@ from app.completion.prepared import PreparedCompletion, PreparedPrompt, ServedMo
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest, Prompt
 from app.completion.tokenizer import AsyncTokenizer
 from app.config import Settings
-from app.engine.protocol import Engine, SamplingOptions
+from app.engine.protocol import Engine, SamplingOptions, StructuredOutput
 from app.errors import InvalidRequest
 from app.ids import new_id
 from app.observability.metrics import Metrics
@@ -199,12 +199,19 @@ class Preparer:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=req.skip_special_tokens,
-            structured=constraint_of(
-                req.response_format,
-                req.structured_outputs,
-                {name: getattr(req, name) for name in _GUIDED_FIELDS},
-                self.settings.max_schema_bytes,
-            ),
+            structured=self._constraint(req),
+        )
+
+    def _constraint(
+        self, req: CompletionRequest | ChatCompletionRequest
+    ) -> StructuredOutput | None:
+        """The request's output constraint; nothing is looked at further for
+        the requests that have none (the per-request path)."""
+        guided = {name: v for name in _GUIDED_FIELDS if (v := getattr(req, name)) is not None}
+        if req.response_format is None and req.structured_outputs is None and not guided:
+            return None
+        return constraint_of(
+            req.response_format, req.structured_outputs, guided, self.settings.max_schema_bytes
         )
 
     def _deadline(self, arrival: float) -> float | None:
