@@ -91,7 +91,11 @@ class ChatPreparer:
             lambda: self._fit(messages, budget, requested)
         )
         options = preparer.options(
-            req, max_tokens=requested or limit - len(ids), n=req.n, logprobs=k
+            req,
+            max_tokens=requested or limit - len(ids),
+            n=req.n,
+            logprobs=k,
+            structured=await preparer.constraint(req),
         )
         return preparer.build(
             req,

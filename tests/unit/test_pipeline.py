@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -340,3 +342,34 @@ async def test_every_served_name_is_accepted_and_answers_use_the_first() -> None
     assert body["model"] == "main"
     with pytest.raises(ModelNotFound):
         await svc.prepare(CompletionRequest(prompt="hi", model="other"))
+
+
+async def test_a_large_constraint_is_checked_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.completion import prepare as prepare_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = prepare_module.constraint_of  # type: ignore[attr-defined]
+
+    def slow(*args: Any) -> Any:  # a metaschema check that takes its time
+        entered.set()
+        assert release.wait(10), "the check ran on the event loop"
+        return real(*args)
+
+    monkeypatch.setattr(prepare_module, "constraint_of", slow)
+    svc, _ = service()
+    big = {"type": "object", "description": "x" * 10_000}
+    task = asyncio.create_task(
+        svc.prepare(CompletionRequest(prompt="hi", structured_outputs={"json": big}))
+    )
+    assert await asyncio.to_thread(entered.wait, 5)
+    # The loop runs other work while the check runs on the worker thread.
+    ticks = 0
+    for _ in range(3):
+        await asyncio.sleep(0)
+        ticks += 1
+    assert ticks == 3 and not task.done()
+    release.set()
+    prep = await task
+    assert prep.options.structured is not None and prep.options.structured.kind == "json"
