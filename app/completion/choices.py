@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from app.completion.prepared import PreparedCompletion
 from app.completion.schemas import CompletionChoice, CompletionLogprobs, Usage
 from app.engine.protocol import Logprob, PositionLogprobs, RequestOutput, Tokenizer
-from app.observability.metrics import Metrics, RequestTimer
+from app.observability.metrics import Metrics
+from app.observability.timers import RequestTimer
 
 
 class Choice:

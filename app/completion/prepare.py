@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import time
 
-from app.completion.constraints import constraint_of
+from app.completion.constraints import request_constraint
 from app.completion.context_limit import check_max_tokens, fit_prompt
 from app.completion.prepared import PreparedCompletion, PreparedPrompt, ServedModel
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest, Prompt
@@ -20,10 +19,6 @@ from app.engine.protocol import Engine, SamplingOptions, StructuredOutput
 from app.errors import InvalidRequest
 from app.ids import new_id
 from app.observability.metrics import Metrics
-
-_GUIDED_FIELDS = ("guided_json", "guided_choice", "guided_regex", "guided_grammar")
-# Constraints up to this size (as JSON) are checked inline: a few ms at most.
-_INLINE_CONSTRAINT_BYTES = 8192
 
 
 class Preparer:
@@ -210,22 +205,8 @@ class Preparer:
     async def constraint(
         self, req: CompletionRequest | ChatCompletionRequest
     ) -> StructuredOutput | None:
-        """The request's output constraint, checked; nothing is looked at
-        further for the requests that have none (the per-request path). A
-        large one is checked on the tokenizer's worker thread: the metaschema
-        check of a 64 KiB schema took ~330 ms, every stream's tokens waiting."""
-        guided = {name: v for name in _GUIDED_FIELDS if (v := getattr(req, name)) is not None}
-        fmt, so = req.response_format, req.structured_outputs
-        if fmt is None and so is None and not guided:
-            return None
-        limit = self.settings.max_schema_bytes
-
-        def check() -> StructuredOutput | None:
-            return constraint_of(fmt, so, guided, limit)
-
-        if len(json.dumps([fmt, so, guided])) <= _INLINE_CONSTRAINT_BYTES:
-            return check()
-        return await self.tokenizer.run(check)
+        """The request's output constraint, checked (app.completion.constraints)."""
+        return await request_constraint(req, self.settings.max_schema_bytes, self.tokenizer.run)
 
     def _deadline(self, arrival: float) -> float | None:
         timeout = self.settings.request_timeout

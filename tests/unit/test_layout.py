@@ -49,3 +49,15 @@ def test_the_layout_names_no_module_that_is_gone() -> None:
     entries, _ = layout_entries()
     gone = [e for e in entries if e.startswith("app") and not (ROOT / e).exists()]
     assert not gone, f"README's layout names what does not exist: {gone}"
+
+
+def test_the_house_stays_small_at_the_root_and_per_room() -> None:
+    """At most 10 modules at app/'s root; none over 300 lines (the layout issue's rule)."""
+    root = [p for p in (ROOT / "app").glob("*.py") if p.name != "__init__.py"]
+    assert len(root) <= 10, sorted(p.name for p in root)
+    long = {
+        p.relative_to(ROOT).as_posix(): n
+        for p in (ROOT / "app").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 300
+    }
+    assert not long, long

@@ -347,17 +347,17 @@ async def test_every_served_name_is_accepted_and_answers_use_the_first() -> None
 async def test_a_large_constraint_is_checked_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.completion import prepare as prepare_module
+    from app.completion import constraints as constraints_module
 
     entered, release = threading.Event(), threading.Event()
-    real = prepare_module.constraint_of  # type: ignore[attr-defined]
+    real = constraints_module.constraint_of
 
     def slow(*args: Any) -> Any:  # a metaschema check that takes its time
         entered.set()
         assert release.wait(10), "the check ran on the event loop"
         return real(*args)
 
-    monkeypatch.setattr(prepare_module, "constraint_of", slow)
+    monkeypatch.setattr(constraints_module, "constraint_of", slow)
     svc, _ = service()
     big = {"type": "object", "description": "x" * 10_000}
     task = asyncio.create_task(
