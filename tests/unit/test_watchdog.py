@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
+from app.errors import EngineFailure
 from app.main import create_app
 from testkit.fake_engine import FakeEngine, Out, ReqOut
 from tests.support.metrics import parse, value
@@ -120,3 +121,37 @@ async def test_a_busy_engine_that_keeps_stepping_is_not_hung() -> None:
             live = await c.get("/health/live")
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
     assert live.status_code == 200
+
+
+async def test_a_failing_canary_is_retried_and_a_later_hang_still_caught() -> None:
+    """A canary that fails with an engine error (not the engine's death) used to
+    end the watch silently: hang detection was off for the rest of the process."""
+    calls: list[int] = []
+
+    async def fails_then_hangs(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        calls.append(len(calls))
+        if len(calls) <= 2:
+            raise EngineFailure("the engine failed this request")
+        await asyncio.Event().wait()
+        yield ReqOut([])  # pragma: no cover
+
+    engine = FakeEngine(fails_then_hangs)
+    settings = Settings(
+        served_model_name="fake",
+        warmup="none",
+        watchdog_interval=0.05,
+        stall_timeout=0.5,
+        canary_interval=0.1,
+        exit_grace=5,
+    )
+    app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            deadline = asyncio.get_running_loop().time() + 10
+            while (live := await c.get("/health/live")).status_code == 200:
+                assert asyncio.get_running_loop().time() < deadline, "the hang went unnoticed"
+                await asyncio.sleep(0.05)
+    # Two canaries failed and were retried; the third hung and was caught.
+    assert len(calls) >= 3
+    assert "canary" in live.json()["error"]
