@@ -18,6 +18,7 @@ from app.engine.protocol import SamplingOptions
 from app.errors import EngineFailure
 from app.main import create_app
 from testkit.fake_engine import FakeEngine, Out, ReqOut
+from tests.support.inprocess import serve
 from tests.support.metrics import parse, value
 from tests.support.sse import data_events
 
@@ -135,23 +136,12 @@ async def test_a_failing_canary_is_retried_and_a_later_hang_still_caught() -> No
         await asyncio.Event().wait()
         yield ReqOut([])  # pragma: no cover
 
-    engine = FakeEngine(fails_then_hangs)
-    settings = Settings(
-        served_model_name="fake",
-        warmup="none",
-        watchdog_interval=0.05,
-        stall_timeout=0.5,
-        canary_interval=0.1,
-        exit_grace=5,
-    )
-    app = create_app(settings, engine=engine, registry=CollectorRegistry())  # type: ignore[arg-type]
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            deadline = asyncio.get_running_loop().time() + 10
-            while (live := await c.get("/health/live")).status_code == 200:
-                assert asyncio.get_running_loop().time() < deadline, "the hang went unnoticed"
-                await asyncio.sleep(0.05)
+    watch = {"watchdog_interval": 0.05, "stall_timeout": 0.5, "canary_interval": 0.1}
+    async with serve(FakeEngine(fails_then_hangs), exit_grace=5, **watch) as c:
+        deadline = asyncio.get_running_loop().time() + 10
+        while (live := await c.get("/health/live")).status_code == 200:
+            assert asyncio.get_running_loop().time() < deadline, "the hang went unnoticed"
+            await asyncio.sleep(0.05)
     # Two canaries failed and were retried; the third hung and was caught.
     assert len(calls) >= 3
     assert "canary" in live.json()["error"]
