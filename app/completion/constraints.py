@@ -13,7 +13,7 @@ import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
@@ -24,7 +24,7 @@ from app.errors import InvalidConstraint
 
 # vLLM's structured_outputs keys that are a constraint (one of them), and the
 # options that may come with it.
-_KINDS: tuple[StructuredKind, ...] = ("json", "json_object", "choice", "regex", "grammar")
+_KINDS: tuple[StructuredKind, ...] = get_args(StructuredKind)
 _OPTIONS = {"disable_any_whitespace"}
 _GUIDED: dict[str, StructuredKind] = {
     "guided_json": "json",

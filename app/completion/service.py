@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 from app.completion.admission import Admission
 from app.completion.chat import ChatPreparer
@@ -19,7 +19,7 @@ from app.completion.schemas import ChatCompletionRequest, CompletionRequest
 from app.completion.sse import chunk_event, end_events
 from app.completion.tokenizer import AsyncTokenizer
 from app.config import Settings
-from app.engine.protocol import Engine, RequestOutput
+from app.engine.protocol import Engine, RequestOutput, StructuredKind
 from app.errors import EngineFailure, EngineStalled, GatewayError, RequestTimeout, Unavailable
 from app.observability.metrics import Metrics
 
@@ -40,10 +40,12 @@ class CompletionService:
         self.chat = ChatPreparer(self.preparer, template, self.tokenizer)
         self.runner = Runner(engine, admission, metrics, settings.request_timeout)
         self.model = self.preparer.model
-        # The error events a stream can end with, exported at 0 from the start
-        # so that rate() and the alert see the first one.
+        # The error events a stream can end with and the constraint kinds,
+        # exported at 0 from the start so that rate() and alerts see the first.
         for error in (EngineFailure, EngineStalled, RequestTimeout, Unavailable):
             metrics.stream_errors.labels(metrics.model, error.type)
+        for kind in get_args(StructuredKind):
+            metrics.structured_requests.labels(metrics.model, kind)
 
     async def prepare(
         self, req: CompletionRequest | ChatCompletionRequest, tenant: bytes | None = None

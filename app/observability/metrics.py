@@ -46,7 +46,6 @@ LOOP_LAG_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
 FINISH_REASONS = ("stop", "length", "abort")
-STRUCTURED_KINDS = ("json", "json_object", "choice", "regex", "grammar")
 
 
 class Metrics:
@@ -208,8 +207,6 @@ class Metrics:
             self.rejected.labels(model, reason)
         for finish_reason in FINISH_REASONS:
             self.finished.labels(model, finish_reason)
-        for kind in STRUCTURED_KINDS:
-            self.structured_requests.labels(model, kind)
 
     def watch_admission(self, running: Callable[[], int], queued: Callable[[], int]) -> None:
         """Read the admission counts at scrape time (no cost per request)."""
