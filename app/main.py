@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
+from app.api.accounting import Accounting
 from app.api.auth import ApiKeyAuth, load_keys
 from app.api.middleware import BodyLimit, InternalErrors, RequestContext
 from app.api.ratelimit import RateLimiter
@@ -25,6 +28,7 @@ from app.config import Settings
 from app.engine.protocol import Engine
 from app.lifecycle.supervisor import Supervisor
 from app.observability.metrics import EngineStep, Metrics
+from app.tenancy.assembly import build_tenancy
 
 
 def create_app(
@@ -44,7 +48,9 @@ def create_app(
     own `vllm:*` metrics.
     """
     settings = settings or Settings()
-    metrics = Metrics(REGISTRY if registry is None else registry, settings.model_name)
+    registry = REGISTRY if registry is None else registry
+    metrics = Metrics(registry, settings.model_name)
+    tenancy = build_tenancy(settings, load_keys(settings.api_keys, settings.api_key_file), registry)
 
     async def build(on_step: Callable[[EngineStep | None], None]) -> Engine:
         if engine is not None:
@@ -53,10 +59,17 @@ def create_app(
         # the event loop. The import stays out of unit tests with a fake engine.
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
-    supervisor = Supervisor(settings, build, metrics, on_exit)
+    supervisor = Supervisor(settings, build, metrics, on_exit, tenancy.ledger)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        hup = False
+        if settings.tenants_file is not None:
+            # Not where there are no signals, nor off the main thread (tests).
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, tenancy.reload)
+                hup = True
         if engine is None:
             supervisor.start()
         else:
@@ -65,9 +78,14 @@ def create_app(
             yield
         finally:
             await supervisor.shutdown()
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            if tenancy.ledger is not None:
+                await tenancy.ledger.close()
 
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
     app.state.supervisor = supervisor
+    app.state.tenancy = tenancy
     rejections = app.state.rejections = Rejections(metrics)
     install_error_handlers(app, rejections)
     for module in (completions, models, tokenize, health, info, metrics_routes):
@@ -79,12 +97,11 @@ def create_app(
     # counts around everything.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections)
-    digests = load_keys(settings.api_keys, settings.api_key_file)
-    if digests:
+    if tenancy.book.configured:
         rpm = settings.rate_limit_rpm
         app.add_middleware(
             ApiKeyAuth,
-            digests=digests,
+            book=tenancy.book,
             endpoints=endpoints,
             rejections=rejections,
             limiter=RateLimiter(rpm, settings.rate_limit_burst_or_default) if rpm else None,
@@ -107,6 +124,9 @@ def create_app(
                 TRUNCATED_MESSAGES_HEADER,
             ],
         )
+    if tenancy.ledger is not None:
+        # Outside the keys: a 401 is accounted too; inside the request ids.
+        app.add_middleware(Accounting, endpoints=endpoints, ledger=tenancy.ledger)
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
     app.add_middleware(

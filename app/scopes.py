@@ -18,6 +18,10 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # pass through each of their wrappers.
 BODY_SEND = "gateway.body_send"
 
-# Under which an authenticated request carries its key's digest (what the
-# prefix-cache salt is derived from).
+# Under which an authenticated request carries its tenant (app.tenancy):
+# its terms, and the identity the prefix-cache salt is derived from.
 TENANT = "gateway.tenant"
+
+# Under which a completion request carries its RequestRecord (usage log,
+# budgets), when tenants or the usage log are configured.
+RECORD = "gateway.record"

@@ -65,6 +65,7 @@ class FakeEngine:
     errored: bool = False
     cancelled: list[str] = field(default_factory=list)
     capture_sizes: list[int] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)  # each generate()'s priority
 
     async def generate(
         self,
@@ -72,7 +73,9 @@ class FakeEngine:
         options: SamplingOptions,
         request_id: str,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[ReqOut, None]:
+        self.priorities.append(priority)
         try:
             async for out in self.script(prompt_token_ids, options):
                 yield out

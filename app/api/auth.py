@@ -1,4 +1,5 @@
-"""API keys: Bearer tokens checked against SHA-256 digests in constant time.
+"""API keys: Bearer tokens checked against SHA-256 digests in constant time;
+each key is a tenant's (app.tenancy.tenants), which the request then carries.
 
 Deny by default: with keys configured, every route needs one except the
 ones app.api.route_table marks open: the health endpoints (probes carry no
@@ -9,7 +10,6 @@ GATEWAY_RATE_LIMIT_RPM, each key also has a request rate (app/api/ratelimit.py).
 from __future__ import annotations
 
 import hashlib
-import hmac
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,6 +19,7 @@ from app.api.rejection import Rejections
 from app.api.route_table import Endpoints
 from app.errors import AuthenticationFailed, GatewayError, RateLimited
 from app.scopes import TENANT
+from app.tenancy.tenants import Tenant, TenantBook
 
 
 def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
@@ -33,30 +34,24 @@ class ApiKeyAuth:
     def __init__(
         self,
         app: ASGIApp,
-        digests: list[bytes],
+        book: TenantBook,
         endpoints: Endpoints,
         rejections: Rejections,
         limiter: RateLimiter | None = None,
     ):
         self.app = app
-        self.digests = digests
+        self.book = book
         self.endpoints = endpoints
         self.rejections = rejections
         self.limiter = limiter
 
-    def key_of(self, scope: Scope) -> bytes | None:
-        """The digest of the request's key if it is a configured one, else None."""
+    def tenant_of(self, scope: Scope) -> Tenant | None:
+        """The tenant whose key the request carries, or None."""
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return None
-        digest = hashlib.sha256(token.strip()).digest()
-        # Compare against every key, always, so timing says nothing about which matched.
-        matched = None
-        for known in self.digests:
-            if hmac.compare_digest(digest, known):
-                matched = known
-        return matched
+        return self.book.lookup(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,21 +61,21 @@ class ApiKeyAuth:
         if endpoint.open:
             await self.app(scope, receive, send)
             return
-        key = self.key_of(scope)
+        tenant = self.tenant_of(scope)
         error: GatewayError
-        if key is None:
+        if tenant is None:
             error = AuthenticationFailed("Incorrect or missing API key.")
         elif self.limiter is None or not endpoint.limited:
-            scope[TENANT] = key
+            scope[TENANT] = tenant
             await self.app(scope, receive, send)
             return
         else:
             try:
-                self.limiter.check(key)
+                self.limiter.check(tenant.identity)
             except RateLimited as exc:
                 error = exc
             else:
-                scope[TENANT] = key
+                scope[TENANT] = tenant
                 await self.app(scope, receive, send)
                 return
         await self.rejections.send(error, scope, receive, send)

@@ -16,7 +16,9 @@ from app.errors import Unavailable
 from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.supervisor import Supervisor
 from app.observability.exposition import Exposition
-from app.scopes import TENANT
+from app.scopes import RECORD, TENANT
+from app.tenancy.ledger import RequestRecord
+from app.tenancy.tenants import Tenant
 
 _REFUSALS = {
     Phase.STARTING: "The model is loading.",
@@ -110,10 +112,14 @@ class Completing:
 
     service: CompletionService
     settings: Settings
-    tenant: bytes | None  # the caller's API key digest when keys are configured
+    tenant: Tenant | None  # the caller's tenant when keys are configured
+    record: RequestRecord | None  # its accounting, when tenants or the usage log are on
 
 
 async def get_completing(request: Request) -> Completing:
-    """The service (or 503 + Retry-After when not ready), settings and tenant."""
+    """The service (or 503 + Retry-After when not ready), settings, tenant, record."""
     supervisor: Supervisor = request.app.state.supervisor
-    return Completing(_serving(supervisor), supervisor.settings, request.scope.get(TENANT))
+    scope = request.scope
+    return Completing(
+        _serving(supervisor), supervisor.settings, scope.get(TENANT), scope.get(RECORD)
+    )

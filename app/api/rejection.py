@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from app.api.validation import describe
 from app.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from app.observability.metrics import Metrics
+from app.scopes import RECORD
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def install_error_handlers(app: FastAPI, rejections: Rejections) -> None:
     reject = rejections.reject
 
     @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
+        record = request.scope.get(RECORD)
+        if record is not None:
+            record.rejected(exc)  # the usage log tells overloaded from unavailable
         return reject(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -1,12 +1,27 @@
 """Admission control: a bound on requests in the engine and on those waiting
 for a place. The decision is made at once, on arrival: a running place, a
 queued place, or 503 + Retry-After. A request once admitted (running or
-queued) is never dropped for capacity."""
+queued) is never dropped for capacity.
+
+Who gets a freed place: the most urgent priority waiting (lower is sooner,
+vLLM's convention); within it, the flow (tenant) with the least weighted
+tokens served, a virtual token counter (Sheng et al., "Fairness in Serving
+Large Language Models", OSDI 2024): each place charges its flow
+`cost / weight` when it starts and is settled to the real usage when it
+ends; a flow that comes back from idle is lifted to the least counter still
+waiting (or the last one served), so idleness banks no credit. One flow
+alone is served oldest first, as before.
+
+A reserve keeps `reserve` of the general places for the urgent: a request
+whose priority is above `reserve_priority` starts only while fewer than
+`general_limit` are running."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Hashable
 
 from app.errors import Overloaded
 
@@ -15,75 +30,195 @@ class Place:
     """One request's place: running, or queued until `wait()` returns.
     `release()` gives it back and may be called any number of times."""
 
-    __slots__ = ("_admission", "_tokens", "queued", "running")
+    __slots__ = (
+        "_admission",
+        "_slot",
+        "_tokens",
+        "cost",
+        "enqueued",
+        "flow",
+        "priority",
+        "queued",
+        "running",
+        "used",
+        "waited",
+        "weight",
+    )
 
-    def __init__(self, admission: Admission, tokens: int, queued: bool):
+    def __init__(
+        self,
+        admission: Admission,
+        tokens: int,
+        priority: int,
+        flow: Hashable,
+        cost: int,
+        weight: float,
+    ):
         self._admission = admission
         self._tokens = tokens
-        self.queued = queued
-        self.running = not queued
+        self._slot: asyncio.Future[None] | None = None
+        self.priority = priority
+        self.flow = flow
+        self.cost = cost
+        self.weight = weight
+        self.queued = False
+        self.running = False
+        self.enqueued = 0.0
+        self.waited = 0.0  # seconds spent queued
+        self.used: int | None = None  # tokens really used, set before release()
 
     async def wait(self) -> None:
         """Return once the place is running (at once if it already is)."""
         if not self.queued:
             return
-        admission = self._admission
-        slot = asyncio.get_running_loop().create_future()
-        admission._waiters.append(slot)
+        slot = self._slot = asyncio.get_running_loop().create_future()
         try:
             await slot
-            self.running = True
         except asyncio.CancelledError:
-            if slot.done() and not slot.cancelled():
-                admission._hand_on()  # handed a slot while being cancelled: pass it on
+            # Still queued: leave the queue. Handed a place meanwhile: it is
+            # ours until release(), which hands it on.
+            if self.queued:
+                self._admission._leave(self)
             raise
-        finally:
-            self._dequeue()
 
-    def _dequeue(self) -> None:
+    def queue_seconds(self) -> float:
+        """Seconds queued: until it started, or so far."""
         if self.queued:
-            self.queued = False
-            self._admission.queued -= 1
-            self._admission.queued_tokens -= self._tokens
+            return time.monotonic() - self.enqueued
+        return self.waited
 
     def release(self) -> None:
-        self._dequeue()
+        """Give the place back; `used` (tokens really used), when set,
+        settles the flow's counter against the cost charged on starting."""
+        admission = self._admission
+        if self.queued:
+            admission._leave(self)
         if self.running:
             self.running = False
-            self._admission._hand_on()
+            admission.running -= 1
+            used = self.used
+            if used is not None and used != self.cost:
+                admission._charge(self.flow, used - self.cost, self.weight)
+            admission._dispatch()
 
 
 class Admission:
-    def __init__(self, max_inflight: int, max_queue: int, max_queued_tokens: int):
+    def __init__(
+        self,
+        max_inflight: int,
+        max_queue: int,
+        max_queued_tokens: int,
+        reserve: int = 0,
+        reserve_priority: int = 0,
+        engine_slots: int | None = None,
+    ):
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.max_queued_tokens = max_queued_tokens
+        self.reserve_priority = reserve_priority
+        # Places a request above reserve_priority may take: the engine's
+        # running places (or ours, if fewer) less the reserve.
+        slots = min(max_inflight, engine_slots or max_inflight)
+        self.general_limit = max(0, slots - reserve) if reserve else max_inflight
         self.running = 0
         self.queued = 0
         self.queued_tokens = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # priority -> flow -> its waiting places, oldest first
+        self._levels: dict[int, dict[Hashable, deque[Place]]] = {}
+        self._vt: dict[Hashable, float] = {}  # flow -> weighted tokens served
+        self._last_vt = 0.0  # the counter of the flow served last
 
-    def enter(self, prompt_tokens: int) -> Place:
-        """Decide now: a running place, a queued one, or Overloaded."""
-        if self.running < self.max_inflight and not self._waiters:
-            self.running += 1
-            return Place(self, prompt_tokens, queued=False)
+    def _limit(self, priority: int) -> int:
+        if priority <= self.reserve_priority:
+            return self.max_inflight
+        return self.general_limit
+
+    def enter(
+        self,
+        prompt_tokens: int,
+        priority: int = 0,
+        flow: Hashable = None,
+        cost: int | None = None,
+        weight: float = 1.0,
+    ) -> Place:
+        """Decide now: a running place, a queued one, or Overloaded. `cost`
+        (default: the prompt tokens) is what the flow is charged on starting."""
+        place = Place(
+            self, prompt_tokens, priority, flow, prompt_tokens if cost is None else cost, weight
+        )
+        # Whatever waits now cannot start (the places above its limit are
+        # taken): a request whose own limit has room goes ahead of it.
+        if self.running < self._limit(priority):
+            self._start(place)
+            return place
         if self.queued >= self.max_queue:
             raise Overloaded(
-                f"The server is at capacity ({self.max_inflight} requests running, "
+                f"The server is at capacity ({self.running} requests running, "
                 f"{self.queued} waiting); retry later."
             )
         if self.queued_tokens + prompt_tokens > self.max_queued_tokens:
             raise Overloaded("The server's queue holds too many prompt tokens; retry later.")
         self.queued += 1
         self.queued_tokens += prompt_tokens
-        return Place(self, prompt_tokens, queued=True)
+        place.queued = True
+        place.enqueued = time.monotonic()
+        level = self._levels.setdefault(priority, {})
+        waiting = level.get(flow)
+        if waiting is None:
+            waiting = level[flow] = deque()
+            if not self._backlogged(flow):
+                # Back from idle: no credit for the time away.
+                floor = min(
+                    (self._vt.get(f, 0.0) for lv in self._levels.values() for f in lv if f != flow),
+                    default=self._last_vt,
+                )
+                if self._vt.get(flow, 0.0) < floor:
+                    self._vt[flow] = floor
+        waiting.append(place)
+        return place
 
-    def _hand_on(self) -> None:
-        """A running place ends: give it to the oldest waiter, if any."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # `running` stays: the place changes hands
+    def _backlogged(self, flow: Hashable) -> bool:
+        return any(flow in level and level[flow] for level in self._levels.values())
+
+    def _charge(self, flow: Hashable, tokens: float, weight: float) -> None:
+        self._vt[flow] = self._vt.get(flow, 0.0) + tokens / weight
+
+    def _start(self, place: Place) -> None:
+        self.running += 1
+        place.running = True
+        self._charge(place.flow, place.cost, place.weight)
+        self._last_vt = self._vt[place.flow]
+
+    def _leave(self, place: Place) -> None:
+        """A queued place leaves the queue (started, cancelled or released)."""
+        place.queued = False
+        self.queued -= 1
+        self.queued_tokens -= place._tokens
+        level = self._levels.get(place.priority)
+        if level is None:
+            return
+        waiting = level.get(place.flow)
+        if waiting is not None and place in waiting:
+            waiting.remove(place)
+            if not waiting:
+                del level[place.flow]
+                if not level:
+                    del self._levels[place.priority]
+
+    def _dispatch(self) -> None:
+        """Start waiting places while their limit has room: the most urgent
+        priority first, within it the flow with the least counter."""
+        while self._levels:
+            priority = min(self._levels)
+            if self.running >= self._limit(priority):
                 return
-        self.running -= 1
+            level = self._levels[priority]
+            vt = self._vt
+            flow = min(level, key=lambda f: vt.get(f, 0.0))  # ties: waiting longest
+            place = level[flow][0]
+            self._leave(place)
+            place.waited = time.monotonic() - place.enqueued
+            self._start(place)
+            slot = place._slot
+            if slot is not None and not slot.done():
+                slot.set_result(None)

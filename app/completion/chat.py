@@ -15,6 +15,7 @@ from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.completion.schemas import ChatCompletionRequest, ChatMessage, TextPart
 from app.completion.tokenizer import AsyncTokenizer
 from app.errors import ContextLengthExceeded, InvalidRequest
+from app.tenancy.tenants import Tenant
 
 Message = dict[str, str]  # {"role", "content"}: what the template sees
 
@@ -63,7 +64,7 @@ class ChatPreparer:
         self.tokenizer = tokenizer
 
     async def prepare(
-        self, req: ChatCompletionRequest, tenant: bytes | None = None
+        self, req: ChatCompletionRequest, tenant: Tenant | None = None
     ) -> PreparedCompletion:
         arrival = time.monotonic()
         preparer = self.preparer

@@ -151,6 +151,15 @@ class Choices:
                 )
         return out
 
+    def finish_reasons(self) -> list[str | None]:
+        """Each choice's finish reason so far, in order (None: unfinished)."""
+        return [self._choices[k].finish_reason for k in sorted(self._choices)]
+
+    def ttft(self) -> float | None:
+        """Seconds from arrival to the first output token of any choice."""
+        firsts = [c.timer.first for c in self._choices.values() if c.timer.tokens]
+        return min(firsts) - self.prep.arrival if firsts else None
+
     def usage(self, cached_tokens: int) -> Usage:
         prompt_tokens = self.prep.prompt_tokens
         return {

@@ -48,7 +48,10 @@ class Runner:
         """Admit now: a running or queued place, or Overloaded (503)."""
         if self.broken is not None:
             raise self.broken
-        generation = Generation(self, prep, self.admission.enter(prep.prompt_tokens))
+        place = self.admission.enter(
+            prep.prompt_tokens, prep.priority, prep.flow, prep.budget_tokens, prep.weight
+        )
+        generation = Generation(self, prep, place)
         self.generations.add(generation)
         return generation
 
@@ -253,11 +256,17 @@ class Generation:
         prep = self.prep
         if self._single:
             self.runner.active.add(prep.request_id)
-            return self.runner.engine.generate(
-                prep.prompts[0].token_ids, prep.options, prep.request_id, cache_salt=prep.cache_salt
-            )
+            return self._engine_request(prep.prompts[0], prep.request_id)
         request_id = prep.request_id
         return fan_in([self._run(i, p, f"{request_id}-{i}") for i, p in enumerate(prep.prompts)])
+
+    def _engine_request(
+        self, prompt: PreparedPrompt, request_id: str
+    ) -> AsyncGenerator[RequestOutput, None]:
+        prep = self.prep
+        return self.runner.engine.generate(
+            prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority
+        )
 
     def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:
         """A prompt's first output: the engine took it; count its tokens, and
@@ -276,12 +285,9 @@ class Generation:
         runner = self.runner
         runner.active.add(request_id)
         try:
-            prep = self.prep
             # Closed here and now when we are (its abort runs at once, not
             # whenever the garbage collector finalises it).
-            gen = runner.engine.generate(
-                prompt.token_ids, prep.options, request_id, cache_salt=prep.cache_salt
-            )
+            gen = self._engine_request(prompt, request_id)
             accepted = False
             async with aclosing(gen):
                 async for out in gen:

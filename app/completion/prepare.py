@@ -19,6 +19,7 @@ from app.engine.protocol import Engine, SamplingOptions, StructuredOutput
 from app.errors import InvalidRequest
 from app.ids import new_id
 from app.observability.metrics import Metrics
+from app.tenancy.tenants import Tenant
 
 
 class Preparer:
@@ -48,7 +49,7 @@ class Preparer:
         return mac.hexdigest()
 
     async def prepare(
-        self, req: CompletionRequest, tenant: bytes | None = None
+        self, req: CompletionRequest, tenant: Tenant | None = None
     ) -> PreparedCompletion:
         arrival = time.monotonic()
         self.model.check(req.model)
@@ -133,7 +134,7 @@ class Preparer:
         *,
         echo: bool,
         logprobs: int | None,
-        tenant: bytes | None,
+        tenant: Tenant | None,
         tokens_as_ids: bool = False,
         dropped_messages: int | None = None,
         echo_only: bool = False,
@@ -156,10 +157,15 @@ class Preparer:
             tokens_as_ids=tokens_as_ids,
             chat=chat,
             dropped_messages=dropped_messages or 0,
-            cache_salt=self.cache_salt(req.cache_salt, tenant),
+            cache_salt=self.cache_salt(req.cache_salt, tenant.identity if tenant else None),
             stream_interval=req.stream_interval or self.settings.stream_interval,
             echo_only=echo_only,
         )
+        if tenant is not None:
+            prep.priority = tenant.priority(req.priority)
+            prep.flow, prep.weight = tenant.identity, tenant.weight
+        elif req.priority is not None:
+            prep.priority = req.priority
         if options.structured is not None:
             self.metrics.structured_requests.labels(
                 self.metrics.model, options.structured.kind

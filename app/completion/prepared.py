@@ -4,10 +4,12 @@ identity and limits. Built by app.completion.prepare, read by everything after i
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from app.engine.protocol import SamplingOptions
 from app.errors import ModelNotFound
+from app.tenancy.ledger import RequestRecord
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
 TRUNCATED_MESSAGES_HEADER = "x-truncated-messages"
@@ -41,6 +43,15 @@ class PreparedCompletion:
     cache_salt: str | None = None  # the prefix-cache partition (Preparer.cache_salt)
     stream_interval: int = 1  # at most this many tokens per stream event after the first
     echo_only: bool = False  # max_tokens 0 with echo: the prompt scored, its output left out
+    priority: int = 0  # effective (lower is sooner): in our queue and the engine's
+    flow: Hashable = None  # whose share it takes in fair queueing (its tenant)
+    weight: float = 1.0  # the flow's weight
+    record: RequestRecord | None = None  # what the usage log and budgets are told
+
+    @property
+    def budget_tokens(self) -> int:
+        """What admission charges: every prompt, and every sample's max_tokens."""
+        return self.prompt_tokens + self.options.max_tokens * self.options.n * len(self.prompts)
 
     @property
     def dropped_tokens(self) -> int:

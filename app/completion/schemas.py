@@ -64,6 +64,7 @@ class _Sampling(_Request):
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
     cache_salt: Text | None = None
+    priority: int | None = Field(None, ge=-(2**31), le=2**31 - 1)  # lower is sooner
     stream_interval: int | None = Field(None, ge=1, le=MAX_STREAM_INTERVAL)
     # Output constraints (app.completion.constraints): OpenAI's, vLLM's, and
     # vLLM's older names; one per request.

@@ -22,11 +22,21 @@ from app.config import Settings
 from app.engine.protocol import Engine, RequestOutput, StructuredKind
 from app.errors import EngineFailure, EngineStalled, GatewayError, RequestTimeout, Unavailable
 from app.observability.metrics import Metrics
+from app.tenancy.ledger import Ledger, RequestRecord
+from app.tenancy.tenants import Tenant
 
 
 class CompletionService:
-    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics, admission: Admission):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        metrics: Metrics,
+        admission: Admission,
+        ledger: Ledger | None = None,
+    ):
         self.engine = engine
+        self.ledger = ledger
         self.settings = settings
         self.metrics = metrics
         self.tokenizer = AsyncTokenizer(engine.tokenizer)
@@ -48,11 +58,23 @@ class CompletionService:
             metrics.structured_requests.labels(metrics.model, kind)
 
     async def prepare(
-        self, req: CompletionRequest | ChatCompletionRequest, tenant: bytes | None = None
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        tenant: Tenant | None = None,
+        record: RequestRecord | None = None,
     ) -> PreparedCompletion:
+        """Validate and tokenise; with a record, charge the tenant's budgets
+        (429 beyond one) and keep the record for what the run uses."""
         if isinstance(req, ChatCompletionRequest):
-            return await self.chat.prepare(req, tenant)
-        return await self.preparer.prepare(req, tenant)
+            prep = await self.chat.prepare(req, tenant)
+        else:
+            prep = await self.preparer.prepare(req, tenant)
+        if record is not None:
+            prep.record = record
+            record.prepared(prep.request_id, prep.model, prep.priority, prep.prompt_tokens)
+            if tenant is not None and self.ledger is not None:
+                await self.ledger.charge(record, tenant, prep.budget_tokens)
+        return prep
 
     def in_engine(self) -> int:
         """Engine requests in flight now (the watchdog's measure of busy)."""
@@ -70,8 +92,11 @@ class CompletionService:
         """The whole answer: the same deltas a stream sends, accumulated."""
         choices = Choices(prep, self.tokenizer.sync, self.metrics)
         async with self.runner.open(prep) as generation:
-            async for i, out in generation:
-                choices.feed(i, out)
+            try:
+                async for i, out in generation:
+                    choices.feed(i, out)
+            finally:
+                _ran(generation, choices)
         fmt = CHAT if prep.chat else TEXT
         return fmt.answer(prep, choices, choices.usage(generation.cached_tokens))
 
@@ -95,6 +120,23 @@ class CompletionService:
 
 
 Feed = Callable[[int, RequestOutput], Iterable[Delta]]
+
+
+def _ran(generation: Generation, choices: Choices) -> None:
+    """A run is over (before its place goes back): settle its flow's share
+    to the tokens it used, and tell its record."""
+    prep, place = generation.prep, generation.place
+    place.used = prep.prompt_tokens + choices.completion_tokens
+    record = prep.record
+    if record is not None:
+        record.finished_run(
+            completion_tokens=choices.completion_tokens,
+            cached_tokens=generation.cached_tokens,
+            finish_reasons=choices.finish_reasons(),
+            queue_s=place.queue_seconds(),
+            ttft_s=choices.ttft(),
+            gone=not (generation.finished or generation.failed),
+        )
 
 
 def _coalesced(feed: Feed, interval: int) -> Feed:
@@ -183,6 +225,11 @@ class CompletionStream:
     def failed(self, error: GatewayError) -> None:
         metrics = self.choices.metrics
         metrics.stream_errors.labels(metrics.model, error.type).inc()
+        record = self.generation.prep.record
+        if record is not None:
+            record.stream_error = int(error.status)
 
     async def close(self) -> None:
+        if self.generation.place.used is None:
+            _ran(self.generation, self.choices)
         await self.generation.close()

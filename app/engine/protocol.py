@@ -120,10 +120,13 @@ class Engine(Protocol):
         options: SamplingOptions,
         request_id: str,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Outputs for one prompt. Raises app.errors types; closing or
         cancelling it aborts the request. `cache_salt` partitions the prefix
-        cache: prompts with different salts never share cached blocks."""
+        cache: prompts with different salts never share cached blocks.
+        `priority` (lower sooner) orders the engine's waiting queue when it
+        schedules by priority, and is ignored otherwise."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -43,12 +43,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
-from app.config import DEVICE_ENV_DEFAULTS, Settings
+from app.config import Settings
 from app.engine.preflight import check_npu, package_versions, resolve_device
 from app.engine.protocol import RequestOutput, SamplingOptions, StructuredOutput, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import EngineStep
+from app.profiles import DEVICE_ENV_DEFAULTS
 
 try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
     from vllm.exceptions import VLLMClientError
@@ -83,7 +84,10 @@ class VllmEngine:
         self._max_model_len = int(model_config.max_model_len)
         self._vocab_size = int(model_config.get_vocab_size())
         self._max_logprobs = int(model_config.max_logprobs)
-        self._max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
+        scheduler = llm.vllm_config.scheduler_config
+        self._max_num_seqs = int(scheduler.max_num_seqs)
+        # Only a priority scheduler takes a priority (vLLM refuses it otherwise).
+        self._by_priority = str(getattr(scheduler, "policy", "fcfs")) == "priority"
         self._bos_token_id = getattr(tokenizer, "bos_token_id", None)
 
     @property
@@ -120,6 +124,7 @@ class VllmEngine:
         options: SamplingOptions,
         request_id: str,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
@@ -133,7 +138,10 @@ class VllmEngine:
                 prompt = {"prompt_token_ids": prompt_token_ids}
                 if cache_salt is not None:
                     prompt["cache_salt"] = cache_salt
-            stream = self._llm.generate(prompt, params, request_id)
+            if priority and self._by_priority:
+                stream = self._llm.generate(prompt, params, request_id, priority=priority)
+            else:
+                stream = self._llm.generate(prompt, params, request_id)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):
                 async for output in stream:

@@ -20,6 +20,7 @@ from app.lifecycle.inflight import InFlight
 from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.watchdog import Watchdog
 from app.observability.metrics import EngineStep, Metrics
+from app.tenancy.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class Supervisor:
         build: EngineBuilder,
         metrics: Metrics,
         on_exit: Callable[[], None] = lambda: None,
+        ledger: Ledger | None = None,
     ):
         self.settings = settings
+        self.ledger = ledger
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         metrics.declare_phases([p.value for p in Phase], self.lifecycle.phase.value)
@@ -65,13 +68,17 @@ class Supervisor:
         try:
             lc.enter(Phase.LOADING)
             engine = self.engine = await self._build(self.engine_step)
+            s = self.settings
             admission = Admission(
-                self.settings.max_inflight,
-                self.settings.max_queue,
-                self.settings.max_queued_tokens,
+                s.max_inflight,
+                s.max_queue,
+                s.max_queued_tokens,
+                reserve=s.priority_reserve,
+                reserve_priority=s.reserve_priority,
+                engine_slots=engine.max_num_seqs,
             )
             self.metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
-            service = CompletionService(engine, self.settings, self.metrics, admission)
+            service = CompletionService(engine, s, self.metrics, admission, self.ledger)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
             freeze_startup_heap()

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from app.config import DEVICE_PROFILES, Settings
+from app.config import Settings
+from app.profiles import DEVICE_PROFILES
 from tests.support.gateway import ROOT
 
 

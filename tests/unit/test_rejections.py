@@ -15,6 +15,7 @@ from app.api.validation import FIELDS
 from app.errors import GatewayError, reject_reasons
 from app.main import create_app
 from app.observability.metrics import Metrics
+from app.observability.tenant_metrics import TenantMetrics
 from testkit.fake_engine import FakeEngine, Out, ReqOut
 from tests.support.gateway import ROOT
 from tests.support.inprocess import serve
@@ -105,6 +106,7 @@ def test_the_readme_metrics_table_matches_the_code() -> None:
         )
     )
     metrics = Metrics(CollectorRegistry(), "m")
+    TenantMetrics(metrics.registry, "m")  # registered beside them when tenants are on
     exported = {
         family.name.removesuffix("_total") if family.type == "counter" else family.name
         for family in metrics.registry.collect()

@@ -45,11 +45,11 @@ class Respond:
 
     def __init__(self, completing: Completing, request: Request):
         self.service, self.settings = completing.service, completing.settings
-        self.tenant, self.request = completing.tenant, request
+        self.tenant, self.record, self.request = completing.tenant, completing.record, request
 
     async def __call__(self, body: CompletionRequest | ChatCompletionRequest) -> Response:
         service, request = self.service, self.request
-        prep = await service.prepare(body, self.tenant)
+        prep = await service.prepare(body, self.tenant, self.record)
         if body.stream:
             # SSE notices a disconnect itself and cancels the stream.
             chunks = await _unless_disconnected(request, service.open_stream(prep))

@@ -1,0 +1,67 @@
+"""The tenancy of one gateway, put together from its settings: the tenant
+book (keys and terms), the ledger (budgets, usage log, per-tenant metrics)
+and the reload on SIGHUP."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from app.config import Settings
+from app.observability.tenant_metrics import TenantMetrics
+from app.tenancy.ledger import Ledger, UsageLog
+from app.tenancy.quota import open_store
+from app.tenancy.tenants import Tenant, TenantBook, TenantsFileError
+
+logger = logging.getLogger(__name__)
+
+
+def _priorities(tenants: list[Tenant], settings: Settings) -> list[int]:
+    """The priority values that get their own label (bounded by the file)."""
+    values = {0, settings.reserve_priority}
+    for t in tenants:
+        values |= {t.default_priority, t.min_priority}
+    return sorted(values)
+
+
+@dataclass
+class Tenancy:
+    book: TenantBook
+    ledger: Ledger | None  # None: no tenants file and no usage log (nothing on the path)
+    metrics: TenantMetrics | None
+    settings: Settings
+
+    def reload(self) -> None:
+        """SIGHUP: read the tenants file again, or keep the old book."""
+        try:
+            self.book.reload()
+        except TenantsFileError as exc:
+            logger.error("tenants file not reloaded, the previous one stays: %s", exc)
+            if self.metrics is not None:
+                self.metrics.reloads.labels(self.metrics.model, "refused").inc()
+            return
+        if self.ledger is not None:
+            self.ledger.set_tenants(self.book.names, _priorities(self.book.tenants, self.settings))
+        if self.metrics is not None:
+            self.metrics.reloads.labels(self.metrics.model, "ok").inc()
+        logger.info("tenants file reloaded: %d tenants", len(self.book.tenants))
+
+
+def build_tenancy(settings: Settings, plain: list[bytes], registry: CollectorRegistry) -> Tenancy:
+    """Raises TenantsFileError for a bad tenants file."""
+    book = TenantBook(settings.tenants_file, plain)
+    if settings.tenants_file is None and settings.usage_log is None:
+        return Tenancy(book, None, None, settings)
+    metrics = TenantMetrics(registry, settings.model_name)
+    store = None
+    if settings.tenants_file is not None:
+        store = open_store(
+            settings.quota_store,
+            fail_open=settings.quota_fail == "open",
+            on_state=lambda up: metrics.store_up.set(1 if up else 0),
+        )
+    usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
+    ledger = Ledger(metrics, store, usage_log, book.names, _priorities(book.tenants, settings))
+    return Tenancy(book, ledger, metrics, settings)
