@@ -7,10 +7,12 @@ Who gets a freed place: the most urgent priority waiting (lower is sooner,
 vLLM's convention); within it, the flow (tenant) with the least weighted
 tokens served, a virtual token counter (Sheng et al., "Fairness in Serving
 Large Language Models", OSDI 2024): each place charges its flow
-`cost / weight` when it starts and is settled to the real usage when it
-ends; a flow that comes back from idle is lifted to the least counter still
-waiting (or the last one served), so idleness banks no credit. One flow
-alone is served oldest first, as before.
+`cost / weight` when it starts (the prompt) and is settled to the real
+usage when it ends (prompt and output); not `max_tokens` up front, which a
+newcomer's counter would be lifted to and the settle then take back. A flow
+that comes back from idle is lifted to the least counter still waiting (or
+the last one served), so idleness banks no credit. One flow alone is served
+oldest first, as before.
 
 A reserve keeps `reserve` of the general places for the urgent: a request
 whose priority is above `reserve_priority` starts only while fewer than

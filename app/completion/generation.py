@@ -48,8 +48,9 @@ class Runner:
         """Admit now: a running or queued place, or Overloaded (503)."""
         if self.broken is not None:
             raise self.broken
+        # Its flow is charged the prompt on starting and its output at the end.
         place = self.admission.enter(
-            prep.prompt_tokens, prep.priority, prep.flow, prep.budget_tokens, prep.weight
+            prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight
         )
         generation = Generation(self, prep, place)
         self.generations.add(generation)
