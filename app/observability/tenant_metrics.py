@@ -13,6 +13,7 @@ from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import FIRST_TOKEN_BUCKETS
 
 OTHER_PRIORITY = "other"
+BUDGETS = ("tokens_per_minute", "requests_per_minute", "tokens_per_day", "max_concurrent")
 
 
 class TenantMetrics:
@@ -34,7 +35,8 @@ class TenantMetrics:
         )
         self.throttled = LoopCounter(
             "gateway_tenant_throttled_total",
-            "Requests refused for a tenant's budget (429), by budget.",
+            "Requests refused for a tenant's budget (429), by budget (tokens_per_minute, "
+            "requests_per_minute, tokens_per_day, max_concurrent).",
             ["model", "tenant", "budget"],
             registry=registry,
         )
@@ -70,11 +72,15 @@ class TenantMetrics:
         """Every series of the closed label sets, at 0 from the start."""
         outcomes = list(outcomes)
         self._priorities = set(priorities)
+        for priority in [*self._priorities, OTHER_PRIORITY]:
+            self.queue_wait.labels(self.model, str(priority))
         for name in tenants:
             for kind in ("prompt", "completion", "cached"):
                 self.tokens.labels(self.model, name, kind)
             for outcome in outcomes:
                 self.requests.labels(self.model, name, outcome)
+            for budget in BUDGETS:
+                self.throttled.labels(self.model, name, budget)
 
     def waited(self, priority: int, seconds: float) -> None:
         label = str(priority) if priority in self._priorities else OTHER_PRIORITY

@@ -166,7 +166,12 @@ class Ledger:
         record.tenant = tenant
         if not tenant.limited:
             return
-        self.concurrency.enter(tenant)
+        metrics = self.metrics
+        try:
+            self.concurrency.enter(tenant)
+        except GatewayError:
+            metrics.throttled.labels(metrics.model, tenant.name, "max_concurrent").inc()
+            raise
         record.concurrent = True
         ws = windows(tenant, tokens, time.time())
         if not ws or self.store is None:
@@ -176,7 +181,6 @@ class Ledger:
         self.last_headers[tenant.name] = headers
         if verdict.refused is not None:
             i = verdict.refused
-            metrics = self.metrics
             metrics.throttled.labels(metrics.model, tenant.name, ws[i].budget).inc()
             raise refusal(ws[i], verdict.counts[i], headers)
         record.charge = Charge(tenant, ws, tokens, headers)
