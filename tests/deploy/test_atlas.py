@@ -335,7 +335,8 @@ def test_every_dashboard_query_follows_the_namespace_and_pod_variables() -> None
     # Every metric a panel uses is one the gateway registers.
     registry = CollectorRegistry()
     Metrics(registry, "m")
-    TenantMetrics(registry, "m").declare(["t"], ["ok"], [0])  # the Tenants row's (registered when tenants are on)
+    # The Tenants row's series (registered when tenants are on).
+    TenantMetrics(registry, "m").declare(["t"], ["ok"], [0])
     names = set()
     for family in registry.collect():
         suffix = "_total" if family.type == "counter" else ""
