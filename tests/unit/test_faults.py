@@ -7,6 +7,8 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -183,3 +185,41 @@ async def test_a_long_tokenization_leaves_the_event_loop_serving(path: str) -> N
         assert not slow.done()
         tokenizer.release.set()
         assert (await slow).status_code == 200
+
+
+def _stalls(after: int) -> Script:
+    """`after` outputs, then nothing more (an engine request that never ends)."""
+
+    async def script(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        for i in range(after):
+            yield ReqOut([Out(0, f"t{i}", [5])])
+        await asyncio.Event().wait()
+        yield ReqOut([])
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("script", "body", "status", "outcome"),
+    [
+        (_stalls(1), {"prompt": "hi"}, 504, "timeout"),
+        (_stalls(1), {"prompt": "hi", "stream": True}, 200, "timeout"),
+        (fails_after(1, EngineFailure("boom")), {"prompt": "hi"}, 500, "error"),
+        (fails_after(1, EngineFailure("boom")), {"prompt": "hi", "stream": True}, 200, "error"),
+    ],
+)
+async def test_usage_log_records_timeouts_and_engine_failures_once(
+    script: Script, body: dict[str, Any], status: int, outcome: str, tmp_path: Path
+) -> None:
+    """The endings no real fault gives on demand: the deadline passing, and an
+    engine error mid-request (a stream's 200 ends in an error event)."""
+    log = tmp_path / "usage.jsonl"
+    engine = FakeEngine(script)
+    async with serve(engine, usage_log=str(log), request_timeout=0.3) as c:
+        r = await c.post("/v1/completions", json=body, headers={"x-request-id": "rid-1"})
+        assert r.status_code == status
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert (line["request_id"], line["status"], line["outcome"]) == ("rid-1", status, outcome)
+    assert line["completion_tokens"] == 1 and line["tenant"] is None
