@@ -69,8 +69,13 @@ class Supervisor:
             lc.enter(Phase.LOADING)
             engine = self.engine = await self._build(self.engine_step)
             s = self.settings
+            places = s.max_inflight
+            if s.tenants_file is not None:
+                # The backlog waits in our queue, where priority and fair
+                # shares order it, not in the engine's first-come one.
+                places = min(places, engine.max_num_seqs)
             admission = Admission(
-                s.max_inflight,
+                places,
                 s.max_queue,
                 s.max_queued_tokens,
                 reserve=s.priority_reserve,

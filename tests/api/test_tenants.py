@@ -43,6 +43,9 @@ tenants:
   - name: fleet
     keys: ["sk-fleet"]
     tokens_per_day: 300
+  - name: solo
+    keys: ["sk-solo"]
+    max_concurrent: 1
 """
 LATE = """  - name: late
     keys: ["sk-late"]
@@ -246,6 +249,28 @@ def test_reserve_lets_the_urgent_pass_a_long_low_priority_request(tenanted: Tena
     assert long["completion_tokens"] >= 1 and long["finish_reasons"] == [None]
 
 
+def test_max_concurrent_refuses_the_second_until_the_first_ends(tenanted: Tenanted) -> None:
+    async def scenario() -> None:
+        solo = tenanted.aclient("sk-solo")
+        first = await _stream_until_first(solo, _rid("solo1"))
+        with pytest.raises(openai.RateLimitError) as info:
+            await solo.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2)
+        assert info.value.code == "max_concurrent_exceeded"
+        await first.close()
+
+    asyncio.run(scenario())
+    solo = tenanted.client("sk-solo")
+
+    def admitted() -> bool:
+        try:
+            _create(solo, _rid("solo2"))
+        except openai.RateLimitError:
+            return False
+        return True
+
+    _wait(admitted, what="the place given back")
+
+
 def test_fair_queueing_and_a_full_queue(tenanted: Tenanted) -> None:
     async def scenario() -> tuple[list[str], list[str], str]:
         batch, other = tenanted.aclient("sk-batch"), tenanted.aclient("sk-other")
@@ -389,7 +414,7 @@ def test_sighup_reloads_the_tenants_file_or_keeps_the_old_one(tenanted: Tenanted
     tenanted.gw.proc.send_signal(signal.SIGHUP)
     _wait(lambda: reloads("refused") == 1, what="refused reload")
     _create(late, _rid("late2"))  # the previous book stays
-    assert "tenants[5] (late).weight" in tenanted.gw.logs()
+    assert "tenants[6] (late).weight" in tenanted.gw.logs()
     tenanted.tenants.write_text(TENANTS + LATE)
 
 
