@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     usage_log: str | None = Field(
         None, description="One JSON line per completion request: a file path, or - for stdout."
     )
+    trace_content: bool = Field(
+        False, description="Put prompts and outputs in trace spans (OTEL_* turn tracing on)."
+    )
     priority_reserve: int = Field(
         0, ge=0, description="Engine places kept for requests of priority <= reserve_priority."
     )

@@ -28,6 +28,7 @@ from app.config import Settings
 from app.engine.protocol import Engine
 from app.lifecycle.supervisor import Supervisor
 from app.observability.metrics import EngineStep, Metrics
+from app.observability.tracing import Tracing, tracing_configured
 from app.tenancy.assembly import build_tenancy
 
 
@@ -51,6 +52,9 @@ def create_app(
     registry = REGISTRY if registry is None else registry
     metrics = Metrics(registry, settings.model_name)
     tenancy = build_tenancy(settings, load_keys(settings.api_keys, settings.api_key_file), registry)
+    # The OTEL_* variables turn tracing on (read by the SDK itself).
+    tracing = Tracing(settings.trace_content) if tracing_configured() else None
+    metrics.exposition.openmetrics = tracing is not None  # exemplars to show
 
     async def build(on_step: Callable[[EngineStep | None], None]) -> Engine:
         if engine is not None:
@@ -82,6 +86,8 @@ def create_app(
                 loop.remove_signal_handler(signal.SIGHUP)
             if tenancy.ledger is not None:
                 await tenancy.ledger.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # the last spans exported
 
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
     app.state.supervisor = supervisor
@@ -124,9 +130,9 @@ def create_app(
                 TRUNCATED_MESSAGES_HEADER,
             ],
         )
-    if tenancy.ledger is not None:
-        # Outside the keys: a 401 is accounted too; inside the request ids.
-        app.add_middleware(Accounting, endpoints=endpoints, ledger=tenancy.ledger)
+    if tenancy.ledger is not None or tracing is not None:
+        # Outside the keys: a 401 is accounted and traced too; inside the request ids.
+        app.add_middleware(Accounting, endpoints=endpoints, ledger=tenancy.ledger, tracing=tracing)
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
     app.add_middleware(

@@ -25,3 +25,8 @@ TENANT = "gateway.tenant"
 # Under which a completion request carries its RequestRecord (usage log,
 # budgets), when tenants or the usage log are configured.
 RECORD = "gateway.record"
+
+# The request's (trace id, span id) in hex while tracing is on, for log lines.
+trace_ids_var: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "trace_ids", default=None
+)

@@ -13,8 +13,9 @@
    alternated A B A B, each round's figure and the median.
 
 The engine runs 8 sequences at once (`max_num_seqs`), so that load
-saturates it with few clients on two cores; `b` has 8 clients (more than
-its half of the places, so it is backlogged too) and `a` 80.
+saturates it with few clients on two cores; `b` has 16 closed-loop clients
+(twice the places: it always has requests waiting, so it is past its share
+too) and `a` 160.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def fairness(server: Server, seconds: float) -> dict[str, float]:
         until, counted_from = t0 + seconds, t0 + min(10.0, seconds / 4)
         a, b = [0], [0]
         await asyncio.gather(
-            clients(server.url, "sk-a", 10 * SLOTS, until, 64, counted_from, a),
-            clients(server.url, "sk-b", SLOTS, until, 64, counted_from, b),
+            clients(server.url, "sk-a", 20 * SLOTS, until, 64, counted_from, a),
+            clients(server.url, "sk-b", 2 * SLOTS, until, 64, counted_from, b),
         )
         window = time.monotonic() - counted_from
         return {"a_tok_s": a[0] / window, "b_tok_s": b[0] / window}

@@ -66,6 +66,7 @@ class FakeEngine:
     cancelled: list[str] = field(default_factory=list)
     capture_sizes: list[int] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)  # each generate()'s priority
+    trace_headers: list[dict[str, str] | None] = field(default_factory=list)
 
     async def generate(
         self,
@@ -74,8 +75,10 @@ class FakeEngine:
         request_id: str,
         cache_salt: str | None = None,
         priority: int = 0,
+        trace_headers: dict[str, str] | None = None,
     ) -> AsyncGenerator[ReqOut, None]:
         self.priorities.append(priority)
+        self.trace_headers.append(trace_headers)
         try:
             async for out in self.script(prompt_token_ids, options):
                 yield out

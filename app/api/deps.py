@@ -16,8 +16,8 @@ from app.errors import Unavailable
 from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.supervisor import Supervisor
 from app.observability.exposition import Exposition
+from app.observability.record import RequestRecord
 from app.scopes import RECORD, TENANT
-from app.tenancy.ledger import RequestRecord
 from app.tenancy.tenants import Tenant
 
 _REFUSALS = {

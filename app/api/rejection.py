@@ -59,18 +59,22 @@ class Rejections:
 
     async def send(self, exc: GatewayError, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer an ASGI request with the refusal (for middleware)."""
+        record = scope.get(RECORD)
+        if record is not None:
+            record.rejected(exc)
         await self.reject(exc)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI, rejections: Rejections) -> None:
-    reject = rejections.reject
+    def reject_for(request: Request, exc: GatewayError) -> JSONResponse:
+        record = request.scope.get(RECORD)
+        if record is not None:
+            record.rejected(exc)  # for the usage log and the trace span
+        return rejections.reject(exc)
 
     @app.exception_handler(GatewayError)
     async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
-        record = request.scope.get(RECORD)
-        if record is not None:
-            record.rejected(exc)  # the usage log tells overloaded from unavailable
-        return reject(exc)
+        return reject_for(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -80,23 +84,23 @@ def install_error_handlers(app: FastAPI, rejections: Rejections) -> None:
             # keeps browsers from posting without a CORS preflight; `curl -d`
             # declares a form.
             message = "The request body must be JSON, sent with 'Content-Type: application/json'."
-            return reject(InvalidRequest(message))
+            return reject_for(request, InvalidRequest(message))
         message, param = describe(list(exc.errors()))
-        return reject(InvalidRequest(message, param=param))
+        return reject_for(request, InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == HTTPStatus.NOT_FOUND:
-            return reject(RouteNotFound("No such route."))
+            return reject_for(request, RouteNotFound("No such route."))
         if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
-            return reject(MethodNotAllowed("Method not allowed for this route."))
+            return reject_for(request, MethodNotAllowed("Method not allowed for this route."))
         if exc.status_code == HTTPStatus.BAD_REQUEST:
             # FastAPI's only 400: a body its JSON parser gave up on (e.g. too deeply nested).
-            return reject(InvalidRequest("Request body could not be parsed as JSON."))
+            return reject_for(request, InvalidRequest("Request body could not be parsed as JSON."))
         err = GatewayError(HTTPStatus(exc.status_code).phrase)
         err.status = HTTPStatus(exc.status_code)
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return reject(err)
+        return reject_for(request, err)
 
 
 def unexpected_error(exc: Exception) -> JSONResponse:

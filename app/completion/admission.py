@@ -42,6 +42,7 @@ class Place:
         "priority",
         "queued",
         "running",
+        "started",
         "used",
         "waited",
         "weight",
@@ -66,6 +67,7 @@ class Place:
         self.queued = False
         self.running = False
         self.enqueued = 0.0
+        self.started: float | None = None  # monotonic: when it started running
         self.waited = 0.0  # seconds spent queued
         self.used: int | None = None  # tokens really used, set before release()
 
@@ -188,6 +190,7 @@ class Admission:
     def _start(self, place: Place) -> None:
         self.running += 1
         place.running = True
+        place.started = time.monotonic()
         self._charge(place.flow, place.cost, place.weight)
         self._last_vt = self._vt[place.flow]
 

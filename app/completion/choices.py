@@ -160,6 +160,15 @@ class Choices:
         firsts = [c.timer.first for c in self._choices.values() if c.timer.tokens]
         return min(firsts) - self.prep.arrival if firsts else None
 
+    def last_token_at(self) -> float | None:
+        """When the last output token of any choice arrived (monotonic)."""
+        lasts = [c.timer.last for c in self._choices.values() if c.timer.tokens]
+        return max(lasts) if lasts else None
+
+    def texts(self) -> list[str]:
+        """Each choice's text so far, in order (traced content only)."""
+        return [self._choices[k].text for k in sorted(self._choices)]
+
     def usage(self, cached_tokens: int) -> Usage:
         prompt_tokens = self.prep.prompt_tokens
         return {
@@ -175,7 +184,7 @@ class Choices:
         prep = self.prep
         choice = Choice(
             prompt_index * prep.n + sample,
-            RequestTimer(prep.arrival),
+            RequestTimer(prep.arrival, prep.exemplar),
             logprobs=prep.logprobs is not None,
         )
         if prep.echo:

@@ -48,7 +48,7 @@ class Runner:
         """Admit now: a running or queued place, or Overloaded (503)."""
         if self.broken is not None:
             raise self.broken
-        # Its flow is charged the prompt on starting and its output at the end.
+        # Its flow is charged the prompt on starting, and its output at the end.
         place = self.admission.enter(
             prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight
         )
@@ -264,9 +264,9 @@ class Generation:
     def _engine_request(
         self, prompt: PreparedPrompt, request_id: str
     ) -> AsyncGenerator[RequestOutput, None]:
-        prep = self.prep
+        p = self.prep
         return self.runner.engine.generate(
-            prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority
+            prompt.token_ids, p.options, request_id, p.cache_salt, p.priority, p.trace_headers
         )
 
     def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:

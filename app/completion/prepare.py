@@ -163,7 +163,8 @@ class Preparer:
         )
         if tenant is not None:
             prep.priority = tenant.priority(req.priority)
-            prep.flow, prep.weight = tenant.identity, tenant.weight
+            if tenant.named:  # plain API keys share one first-come queue, as before
+                prep.flow, prep.weight = tenant.identity, tenant.weight
         elif req.priority is not None:
             prep.priority = req.priority
         if options.structured is not None:

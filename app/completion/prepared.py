@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from app.engine.protocol import SamplingOptions
 from app.errors import ModelNotFound
-from app.tenancy.ledger import RequestRecord
+from app.observability.record import RequestRecord
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
 TRUNCATED_MESSAGES_HEADER = "x-truncated-messages"
@@ -46,7 +46,9 @@ class PreparedCompletion:
     priority: int = 0  # effective (lower is sooner): in our queue and the engine's
     flow: Hashable = None  # whose share it takes in fair queueing (its tenant)
     weight: float = 1.0  # the flow's weight
-    record: RequestRecord | None = None  # what the usage log and budgets are told
+    record: RequestRecord | None = None  # what the usage log, budgets and traces are told
+    trace_headers: dict[str, str] | None = None  # W3C trace context for the engine's spans
+    exemplar: dict[str, str] | None = None  # the trace id latency histograms carry
 
     @property
     def budget_tokens(self) -> int:

@@ -22,7 +22,8 @@ from app.config import Settings
 from app.engine.protocol import Engine, RequestOutput, StructuredKind
 from app.errors import EngineFailure, EngineStalled, GatewayError, RequestTimeout, Unavailable
 from app.observability.metrics import Metrics
-from app.tenancy.ledger import Ledger, RequestRecord
+from app.observability.record import RequestRecord
+from app.tenancy.ledger import Ledger
 from app.tenancy.tenants import Tenant
 
 
@@ -71,7 +72,25 @@ class CompletionService:
             prep = await self.preparer.prepare(req, tenant)
         if record is not None:
             prep.record = record
-            record.prepared(prep.request_id, prep.model, prep.priority, prep.prompt_tokens)
+            options = prep.options
+            record.prepared(
+                prep.request_id,
+                prep.model,
+                prep.priority,
+                prep.prompt_tokens,
+                requested_model=req.model,
+                truncated_tokens=prep.dropped_tokens,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+            )
+            prep.trace_headers = record.trace_headers
+            prep.exemplar = record.exemplar
+            if record.content is not None:  # GATEWAY_TRACE_CONTENT
+                if isinstance(req, ChatCompletionRequest):
+                    record.content["input"] = req.model_dump(mode="json")["messages"]
+                else:
+                    record.content["input"] = req.prompt
             if tenant is not None and self.ledger is not None:
                 await self.ledger.charge(record, tenant, prep.budget_tokens)
         return prep
@@ -135,8 +154,12 @@ def _ran(generation: Generation, choices: Choices) -> None:
             finish_reasons=choices.finish_reasons(),
             queue_s=place.queue_seconds(),
             ttft_s=choices.ttft(),
+            run_at=place.started,
+            last_token_at=choices.last_token_at(),
             gone=not (generation.finished or generation.failed),
         )
+        if record.content is not None:
+            record.content["output"] = choices.texts()
 
 
 def _coalesced(feed: Feed, interval: int) -> Feed:
@@ -227,7 +250,7 @@ class CompletionStream:
         metrics.stream_errors.labels(metrics.model, error.type).inc()
         record = self.generation.prep.record
         if record is not None:
-            record.stream_error = int(error.status)
+            record.stream_error = error
 
     async def close(self) -> None:
         if self.generation.place.used is None:

@@ -121,12 +121,15 @@ class Engine(Protocol):
         request_id: str,
         cache_salt: str | None = None,
         priority: int = 0,
+        trace_headers: dict[str, str] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Outputs for one prompt. Raises app.errors types; closing or
         cancelling it aborts the request. `cache_salt` partitions the prefix
         cache: prompts with different salts never share cached blocks.
         `priority` (lower sooner) orders the engine's waiting queue when it
-        schedules by priority, and is ignored otherwise."""
+        schedules by priority, and is ignored otherwise. `trace_headers`
+        (W3C trace context) make the engine's own spans, when its tracing is
+        on, children of the request's."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -125,6 +125,7 @@ class VllmEngine:
         request_id: str,
         cache_salt: str | None = None,
         priority: int = 0,
+        trace_headers: dict[str, str] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
@@ -138,10 +139,12 @@ class VllmEngine:
                 prompt = {"prompt_token_ids": prompt_token_ids}
                 if cache_salt is not None:
                     prompt["cache_salt"] = cache_salt
+            extra: dict[str, Any] = {}
             if priority and self._by_priority:
-                stream = self._llm.generate(prompt, params, request_id, priority=priority)
-            else:
-                stream = self._llm.generate(prompt, params, request_id)
+                extra["priority"] = priority
+            if trace_headers:
+                extra["trace_headers"] = trace_headers
+            stream = self._llm.generate(prompt, params, request_id, **extra)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):
                 async for output in stream:

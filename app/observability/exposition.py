@@ -39,10 +39,25 @@ class Exposition:
 
     def __init__(self, registry: CollectorRegistry):
         self._registry = registry
+        # Served to scrapers that ask for it only while there are exemplars
+        # (tracing on): otherwise Prometheus, which asks by default, keeps
+        # getting the cached 0.0.4 text.
+        self.openmetrics = False
         self._headers: dict[tuple[str, str, str], str] = {}
         # (sample name, label items) -> ('name{label="value",...} ', the
         # OpenMetrics-only suffix the sample carries, or "")
         self._series: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str]] = {}
+
+    def render_openmetrics(self) -> bytes:
+        """OpenMetrics text, with exemplars (rare: prometheus_client's own)."""
+        from prometheus_client.openmetrics import exposition as om
+
+        # Names keep their colons (vllm:*): prometheus_client 0.2x's default
+        # escaping writes `vllm:x` in TYPE lines but `vllm_x_total` in samples.
+        escaping = getattr(om, "ALLOWUTF8", None)
+        if escaping is None:  # before prometheus_client 0.22: no escaping to choose
+            return bytes(om.generate_latest(self._registry))  # type: ignore[no-untyped-call]
+        return bytes(om.generate_latest(self._registry, escaping=escaping))  # type: ignore[no-untyped-call]
 
     def render(self, names: Iterable[str] | None = None) -> bytes:
         registry = self._registry if names is None else self._registry.restricted_registry(names)

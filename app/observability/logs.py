@@ -1,4 +1,5 @@
-"""Logging: text or JSON lines, each record carrying the request id."""
+"""Logging: text or JSON lines, each record carrying the request id (and,
+with tracing on, the trace and span ids of the request's span)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import json
 import logging
 import time
 
-from app.scopes import request_id_var
+from app.scopes import request_id_var, trace_ids_var
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.trace_ids = trace_ids_var.get()
         return True
 
 
@@ -27,6 +29,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             entry["request_id"] = rid
+        ids = getattr(record, "trace_ids", None)
+        if ids:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 class RequestTimer:
     """Latency bookkeeping for one completion choice, fed as outputs arrive."""
 
-    __slots__ = ("arrival", "first", "last", "tokens")
+    __slots__ = ("arrival", "exemplar", "first", "last", "tokens")
 
-    def __init__(self, arrival: float):
+    def __init__(self, arrival: float, exemplar: dict[str, str] | None = None):
         self.arrival = arrival
+        self.exemplar = exemplar  # the trace of a sampled request, for OpenMetrics
         self.first = 0.0
         self.last = 0.0
         self.tokens = 0
@@ -29,7 +30,7 @@ class RequestTimer:
             # The first token's latency is TTFT; tokens that came with it in
             # the same output arrived together (no gap before them).
             self.first = self.last = now
-            metrics.ttft.observe(now - self.arrival)
+            metrics.ttft.observe(now - self.arrival, self.exemplar)
             n -= 1
             self.tokens = 1
         if n > 0:
@@ -44,6 +45,7 @@ class RequestTimer:
         if self.tokens == 0:
             return
         e2e = self.last - self.arrival
-        metrics.e2e.observe(e2e)
+        metrics.e2e.observe(e2e, self.exemplar)
         if self.tokens > 1:
-            metrics.tpot.observe((e2e - (self.first - self.arrival)) / (self.tokens - 1))
+            tpot = (e2e - (self.first - self.arrival)) / (self.tokens - 1)
+            metrics.tpot.observe(tpot, self.exemplar)

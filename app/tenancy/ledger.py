@@ -3,7 +3,7 @@ charged on admission and settled to what it used, per-tenant metrics, and
 one line of the usage log (GATEWAY_USAGE_LOG), never the key, the prompt or
 the text.
 
-    record = ledger.open(endpoint, request_id)       # the HTTP layer, first
+    record = RequestRecord(endpoint, request_id)     # the HTTP layer, first
     record.prepared(...); await ledger.charge(record, tokens)  # once validated
     record.ran(...)                                   # when its run ends
     ledger.finish(record, status)                     # the HTTP layer, last
@@ -16,93 +16,16 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from app.errors import GatewayError
+from app.observability.record import OUTCOMES, RequestRecord
 from app.observability.tenant_metrics import TenantMetrics
 from app.tenancy.budgets import Charge, Concurrency, QuotaStore, rate_headers, refusal, windows
 from app.tenancy.tenants import UNNAMED, Tenant
 
 logger = logging.getLogger(__name__)
-
-# The outcome of a request, from its status and how its run ended.
-OUTCOMES = (
-    "ok",
-    "client_gone",
-    "rejected",
-    "throttled",
-    "overloaded",
-    "unavailable",
-    "timeout",
-    "error",
-)
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    endpoint: str
-    request_id: str
-    started: float = field(default_factory=time.monotonic)
-    ts: float = field(default_factory=time.time)
-    tenant: Tenant | None = None
-    id: str | None = None
-    model: str | None = None
-    priority: int | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    finish_reasons: list[str | None] = field(default_factory=list)
-    queue_s: float | None = None
-    ttft_s: float | None = None
-    charge: Charge | None = None
-    reason: str | None = None  # the rejection's reason (app.errors), if refused
-    concurrent: bool = False  # counted in its tenant's concurrency
-    ran: bool = False  # a run ended (record.ran was called)
-    gone: bool = False  # its client left before the run ended
-    stream_error: int | None = None  # the status of the error event a stream ended with
-
-    def prepared(self, answer_id: str, model: str, priority: int, prompt_tokens: int) -> None:
-        self.id, self.model, self.priority = answer_id, model, priority
-        self.prompt_tokens = prompt_tokens
-
-    def finished_run(
-        self,
-        *,
-        completion_tokens: int,
-        cached_tokens: int,
-        finish_reasons: list[str | None],
-        queue_s: float | None,
-        ttft_s: float | None,
-        gone: bool,
-    ) -> None:
-        self.ran = True
-        self.completion_tokens = completion_tokens
-        self.cached_tokens = cached_tokens
-        self.finish_reasons = finish_reasons
-        self.queue_s, self.ttft_s, self.gone = queue_s, ttft_s, gone
-
-    def rejected(self, exc: GatewayError) -> None:
-        self.reason = exc.reason
-
-    def headers(self) -> dict[str, str]:
-        return self.charge.headers if self.charge is not None else {}
-
-    def outcome(self, status: int) -> str:
-        if status == 499 or (status == 200 and self.gone):
-            return "client_gone"
-        if status == 200 and self.stream_error is not None:
-            status = self.stream_error  # the stream's 200 ended in this error
-        if status == 200:
-            return "ok"
-        if status == 429:
-            return "throttled"
-        if status == 503:
-            return "overloaded" if self.reason == "overloaded" else "unavailable"
-        if status == 504:
-            return "timeout"
-        return "rejected" if status < 500 else "error"
 
 
 class UsageLog:
@@ -156,9 +79,6 @@ class Ledger:
         if tenant is None or tenant.name not in self.labels:
             return UNNAMED
         return tenant.name
-
-    def open(self, endpoint: str, request_id: str) -> RequestRecord:
-        return RequestRecord(endpoint, request_id)
 
     async def charge(self, record: RequestRecord, tenant: Tenant, tokens: int) -> None:
         """Charge `tokens` (and one request) to the tenant's budgets, or raise

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from app.api.deps import ExpositionDep
 from app.api.route_table import SCRAPE
@@ -21,8 +22,13 @@ PICKER_METRICS = (
 
 
 @router.get("/metrics", response_model=None)
-async def metrics(exposition: ExpositionDep) -> Response:
-    """Prometheus text format: the gateway's `gateway_*` and vLLM's `vllm:*` metrics."""
+async def metrics(request: Request, exposition: ExpositionDep) -> Response:
+    """Prometheus text format: the gateway's `gateway_*` and vLLM's `vllm:*`
+    metrics; OpenMetrics (with trace exemplars) when the scraper asks for it."""
+    if exposition.openmetrics and "application/openmetrics-text" in request.headers.get(
+        "accept", ""
+    ):
+        return Response(exposition.render_openmetrics(), media_type=OPENMETRICS)
     return Response(exposition.render(), media_type=CONTENT_TYPE_LATEST)
 
 
