@@ -61,6 +61,8 @@ test-fast: setup
 # The gateway vs vLLM's OpenAI server vs in-process AsyncLLM (see bench/README.md).
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.tenants --out bench/results/tenants-$$(date +%F).json
+	$(PY) -m bench.tracing --out bench/results/tracing-$$(date +%F).json
 
 # The seed model card's tables against any running gateway.
 URL ?= http://127.0.0.1:8000
