@@ -10,8 +10,9 @@ Large Language Models", OSDI 2024): each place charges its flow
 `cost / weight` when it starts (the prompt) and is settled to the real
 usage when it ends (prompt and output); not `max_tokens` up front, which a
 newcomer's counter would be lifted to and the settle then take back. A flow
-that comes back from idle is lifted to the least counter still waiting (or
-the last one served), so idleness banks no credit. One flow alone is served
+that comes back from idle (nothing waiting, nothing running) is lifted to
+the least counter still waiting (or the last one served), so idleness banks
+no credit. One flow alone is served
 oldest first, as before.
 
 A reserve keeps `reserve` of the general places for the urgent: a request
@@ -100,6 +101,7 @@ class Place:
         if self.running:
             self.running = False
             admission.running -= 1
+            admission._ran(self.flow)
             used = self.used
             if used is not None and used != self.cost:
                 admission._charge(self.flow, used - self.cost, self.weight)
@@ -130,6 +132,7 @@ class Admission:
         # priority -> flow -> its waiting places, oldest first
         self._levels: dict[int, dict[Hashable, deque[Place]]] = {}
         self._vt: dict[Hashable, float] = {}  # flow -> weighted tokens served
+        self._running: dict[Hashable, int] = {}  # flow -> its places running now
         self._last_vt = 0.0  # the counter of the flow served last
 
     def _limit(self, priority: int) -> int:
@@ -170,8 +173,10 @@ class Admission:
         waiting = level.get(flow)
         if waiting is None:
             waiting = level[flow] = deque()
-            if not self._backlogged(flow):
-                # Back from idle: no credit for the time away.
+            if not self._running.get(flow) and not self._backlogged(flow):
+                # Back from idle: no credit for the time away. (A flow with
+                # places running is not idle: their output is charged when
+                # they end, so its counter lags by design.)
                 floor = min(
                     (self._vt.get(f, 0.0) for lv in self._levels.values() for f in lv if f != flow),
                     default=self._last_vt,
@@ -189,10 +194,19 @@ class Admission:
 
     def _start(self, place: Place) -> None:
         self.running += 1
+        flow = place.flow
+        self._running[flow] = self._running.get(flow, 0) + 1
         place.running = True
         place.started = time.monotonic()
         self._charge(place.flow, place.cost, place.weight)
         self._last_vt = self._vt[place.flow]
+
+    def _ran(self, flow: Hashable) -> None:
+        left = self._running[flow] - 1
+        if left:
+            self._running[flow] = left
+        else:
+            del self._running[flow]
 
     def _leave(self, place: Place) -> None:
         """A queued place leaves the queue (started, cancelled or released)."""
