@@ -189,6 +189,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--parts", nargs="+", default=["fairness", "priority", "cost"],
+        choices=["fairness", "priority", "cost"],
+    )  # fmt: skip
     a = p.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
     report: dict[str, Any] = {"slots": SLOTS}
@@ -197,18 +201,22 @@ def main() -> None:
         print(f"{label:<28} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
 
     for label, tenants, reserve in (("fifo", False, 0), ("tenants", True, 0), ("reserve", True, 2)):
+        fair = "fairness" in a.parts and label != "reserve"
+        prio = "priority" in a.parts and label != "fifo"
+        if not (fair or prio):
+            continue
         s = start(logs, label, tenants, reserve)
         try:
-            if label != "reserve":
+            if fair:
                 report[f"fairness_{label}"] = r = fairness(s, a.seconds)
                 show(f"fairness {label}", r)
-            if label != "fifo":
+            if prio:
                 report[f"priority_{label}"] = r = priority_ttft(s)
                 show(f"priority ttft {label}", r)
         finally:
             s.stop()
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"off": {}, "on": {}}
-    for turn in range(a.rounds):
+    for turn in range(a.rounds if "cost" in a.parts else 0):
         for mode in ("off", "on"):
             s = start(logs, f"cost-{mode}-{turn}", mode == "on")
             try:
@@ -219,7 +227,7 @@ def main() -> None:
             finally:
                 s.stop()
     report["cost_runs"] = runs
-    for c in a.concurrency:
+    for c in a.concurrency if "cost" in a.parts else []:
         med = {m: {k: statistics.median(r[k] for r in runs[m][c]) for k in runs[m][c][0]}
                for m in runs}  # fmt: skip
         ratio = med["on"]["api_cpu_ms_per_1k"] / med["off"]["api_cpu_ms_per_1k"]
