@@ -1,6 +1,6 @@
 """The serving layer alone: our own CPU per request and per token.
 
-python -m bench.layer [--concurrency 32]
+python -m bench.layer [--concurrency 32] [--tenants]
 
 The app in-process, called through ASGI with no socket, on a scripted engine
 that gives every open stream one token per step (as vLLM's output handler
@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -53,10 +55,25 @@ class Stepper:
                 q.put_nowait(None)
 
 
-async def measure(concurrency: int) -> tuple[float, float]:
+TENANTS = """tenants:
+  - name: bench
+    keys: [sk-bench]
+    tokens_per_minute: 1000000000
+    requests_per_minute: 100000000
+"""
+
+
+async def measure(concurrency: int, tenants: bool = False) -> tuple[float, float]:
     stepper = Stepper()
     engine = FakeEngine(script=stepper.script, max_model_len=4096, max_num_seqs=concurrency)
-    settings = Settings(served_model_name="fake", warmup="none")
+    overrides: dict[str, Any] = {}
+    headers: list[tuple[bytes, bytes]] = []
+    if tenants:  # a tenants file with budgets that never refuse, and the usage log
+        tmp = Path(tempfile.mkdtemp(prefix="layer-"))
+        (tmp / "tenants.yaml").write_text(TENANTS)
+        overrides = {"tenants_file": tmp / "tenants.yaml", "usage_log": str(tmp / "usage.jsonl")}
+        headers = [(b"authorization", b"Bearer sk-bench")]
+    settings = Settings(served_model_name="fake", warmup="none", **overrides)
     app = create_app(settings, engine=engine, registry=CollectorRegistry())
     limit = asyncio.Semaphore(concurrency)
 
@@ -79,7 +96,7 @@ async def measure(concurrency: int) -> tuple[float, float]:
             "method": "POST", "scheme": "http", "path": "/v1/completions",
             "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
             "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
+                        (b"content-length", str(len(body)).encode()), *headers],
             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "state": {},
         }  # fmt: skip
         async with limit:
@@ -112,10 +129,11 @@ async def measure(concurrency: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tenants", action="store_true", help="a tenants file and the usage log on")
     a = p.parse_args()
     import uvloop
 
-    per_request, per_token = uvloop.run(measure(a.concurrency))
+    per_request, per_token = uvloop.run(measure(a.concurrency, a.tenants))
     print(f"per request {per_request * 1e3:.3f} ms CPU, per token {per_token * 1e6:.2f} µs CPU")
 
 

@@ -9,8 +9,10 @@
 2. Priority: the TTFT of a priority-0 stream on an idle server, then under a
    priority-20 flood that fills every place, with and without a reserve.
 3. Cost: API-process CPU per 1000 output tokens and tok/s with tenants on
-   (budgets that never trigger, the usage log, per-tenant metrics) and off,
-   alternated A B A B, each round's figure and the median.
+   (budgets that never trigger, the usage log, per-tenant metrics) and off
+   (the same keys as plain API keys), under vLLM's benchmark client as
+   `make bench` runs it, alternated A B A B, each round's figure and the
+   median.
 
 The engine runs 8 sequences at once (`max_num_seqs`), so that load
 saturates it with few clients on two cores; `b` has 16 closed-loop clients
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -32,7 +35,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.run import MODEL, NAME
+from bench.run import MODEL, NAME, measured
 from bench.servers import Server, gateway
 
 SLOTS = 8
@@ -166,21 +169,12 @@ def priority_ttft(server: Server, samples: int = 10) -> dict[str, float]:
     return r
 
 
-def cost(server: Server, seconds: float, concurrency: int) -> dict[str, float]:
-    async def run() -> tuple[int, float]:
-        tokens = [0]
-        t0 = time.monotonic()
-        half = concurrency // 2
-        await asyncio.gather(
-            clients(server.url, "sk-a", half, t0 + seconds, 64, t0, tokens),
-            clients(server.url, "sk-b", concurrency - half, t0 + seconds, 64, t0, tokens),
-        )
-        return tokens[0], time.monotonic() - t0
-
-    cpu0 = cpu_seconds(server)
-    tokens, wall = asyncio.run(run())
-    cpu = cpu_seconds(server) - cpu0
-    return {"tok_s": tokens / wall, "api_cpu_ms_per_1k": cpu * 1e6 / max(1, tokens)}
+def cost(server: Server, concurrency: int) -> dict[str, float]:
+    """vLLM's benchmark client, as `make bench` runs it (random 128 in / 64
+    out, streaming), with tenant a's key (it sends OPENAI_API_KEY)."""
+    os.environ["OPENAI_API_KEY"] = "sk-a"
+    r = measured(server, concurrency)
+    return {"tok_s": r["output_throughput"], "api_cpu_ms_per_1k": r["api_cpu_ms_per_1k_tokens"]}
 
 
 def main() -> None:
@@ -221,7 +215,7 @@ def main() -> None:
             s = start(logs, f"cost-{mode}-{turn}", mode == "on")
             try:
                 for c in a.concurrency:
-                    r = cost(s, a.seconds / 2, c)
+                    r = cost(s, c)
                     runs[mode].setdefault(c, []).append(r)
                     show(f"cost {mode} c={c} round {turn}", r)
             finally:

@@ -23,6 +23,7 @@ from app.errors import GatewayError
 from app.observability.record import OUTCOMES, RequestRecord
 from app.observability.tenant_metrics import TenantMetrics
 from app.tenancy.budgets import Charge, Concurrency, QuotaStore, rate_headers, refusal, windows
+from app.tenancy.quota import MemoryStore
 from app.tenancy.tenants import UNNAMED, Tenant
 
 logger = logging.getLogger(__name__)
@@ -121,10 +122,13 @@ class Ledger:
         if charge is not None and not charge.settled and self.store is not None:
             charge.settled = True
             if charge.tokens > used:
-                refund = self.store.refund(charge.windows, charge.tokens - used)
-                task = asyncio.ensure_future(refund)
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                back = charge.tokens - used
+                if isinstance(self.store, MemoryStore):
+                    self.store.refund_now(charge.windows, back)
+                else:  # Redis: a round trip, off the answer's path
+                    task = asyncio.ensure_future(self.store.refund(charge.windows, back))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
         outcome = record.outcome(status)
         label = self.label(tenant)
         metrics, model = self.metrics, self.metrics.model

@@ -48,6 +48,10 @@ class MemoryStore:
         return Verdict(tuple(c + w.add for w, c in zip(windows, counts, strict=True)))
 
     async def refund(self, windows: list[Window], tokens: int) -> None:
+        self.refund_now(windows, tokens)
+
+    def refund_now(self, windows: list[Window], tokens: int) -> None:
+        """The same, at once (no task per request for counters of our own)."""
         for w in windows:
             if w.unit == "tokens" and w.key in self._counts:
                 count, expires = self._counts[w.key]
