@@ -77,7 +77,7 @@ verify: $(STAMP)
 # The engine-facing tests against vLLM 0.18.0 (the seed's Ascend stack's
 # vLLM) on the CPU, in a second venv (~8 GB, ~3 min to build once).
 COMPAT := .venv-compat
-COMPAT_TESTS ?= tests/api/test_completions.py tests/api/test_chat.py tests/api/test_disconnect.py tests/api/test_structured.py \
+COMPAT_TESTS ?= tests/api/test_completions.py tests/api/test_chat.py tests/api/test_disconnect.py tests/api/test_structured.py tests/api/test_tracing.py \
 	tests/api/test_metrics.py tests/api/test_models_tokenize.py tests/lifecycle \
 	"tests/api/test_verify_and_info.py::test_gateway_info_shows_the_effective_engine"
 test-compat: $(FIXTURE) $(PROMTOOL)
