@@ -53,24 +53,22 @@ class Rejections:
         if exc.reason is not None:
             self.metrics.rejected.labels(self.metrics.model, exc.reason).inc()
 
-    def reject(self, exc: GatewayError) -> JSONResponse:
+    def reject(self, exc: GatewayError, scope: Scope | None = None) -> JSONResponse:
+        """Count and answer; a request's record (usage log, trace) is told too."""
         self.count(exc)
+        record = scope.get(RECORD) if scope is not None else None
+        if record is not None:
+            record.rejected(exc)
         return error_response(exc)
 
     async def send(self, exc: GatewayError, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer an ASGI request with the refusal (for middleware)."""
-        record = scope.get(RECORD)
-        if record is not None:
-            record.rejected(exc)
-        await self.reject(exc)(scope, receive, send)
+        await self.reject(exc, scope)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI, rejections: Rejections) -> None:
     def reject_for(request: Request, exc: GatewayError) -> JSONResponse:
-        record = request.scope.get(RECORD)
-        if record is not None:
-            record.rejected(exc)  # for the usage log and the trace span
-        return rejections.reject(exc)
+        return rejections.reject(exc, request.scope)
 
     @app.exception_handler(GatewayError)
     async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:

@@ -45,7 +45,6 @@ class Place:
         "running",
         "started",
         "used",
-        "waited",
         "weight",
     )
 
@@ -67,9 +66,8 @@ class Place:
         self.weight = weight
         self.queued = False
         self.running = False
-        self.enqueued = 0.0
+        self.enqueued: float | None = None  # monotonic: when it joined the queue, if it did
         self.started: float | None = None  # monotonic: when it started running
-        self.waited = 0.0  # seconds spent queued
         self.used: int | None = None  # tokens really used, set before release()
 
     async def wait(self) -> None:
@@ -87,10 +85,10 @@ class Place:
             raise
 
     def queue_seconds(self) -> float:
-        """Seconds queued: until it started, or so far."""
-        if self.queued:
-            return time.monotonic() - self.enqueued
-        return self.waited
+        """Seconds queued: until it started, or so far (0: it never waited)."""
+        if self.enqueued is None:
+            return 0.0
+        return (self.started or time.monotonic()) - self.enqueued
 
     def release(self) -> None:
         """Give the place back; `used` (tokens really used), when set,
@@ -236,7 +234,6 @@ class Admission:
             flow = min(level, key=lambda f: vt.get(f, 0.0))  # ties: waiting longest
             place = level[flow][0]
             self._leave(place)
-            place.waited = time.monotonic() - place.enqueued
             self._start(place)
             slot = place._slot
             if slot is not None and not slot.done():

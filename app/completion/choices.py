@@ -184,7 +184,7 @@ class Choices:
         prep = self.prep
         choice = Choice(
             prompt_index * prep.n + sample,
-            RequestTimer(prep.arrival, prep.exemplar),
+            RequestTimer(prep.arrival, prep.record.exemplar if prep.record else None),
             logprobs=prep.logprobs is not None,
         )
         if prep.echo:

@@ -48,7 +48,6 @@ class Runner:
         """Admit now: a running or queued place, or Overloaded (503)."""
         if self.broken is not None:
             raise self.broken
-        # Its flow is charged the prompt on starting, and its output at the end.
         place = self.admission.enter(
             prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight
         )
@@ -265,8 +264,9 @@ class Generation:
         self, prompt: PreparedPrompt, request_id: str
     ) -> AsyncGenerator[RequestOutput, None]:
         p = self.prep
+        trace = p.record.trace_headers if p.record is not None else None
         return self.runner.engine.generate(
-            prompt.token_ids, p.options, request_id, p.cache_salt, p.priority, p.trace_headers
+            prompt.token_ids, p.options, request_id, p.cache_salt, p.priority, trace
         )
 
     def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:

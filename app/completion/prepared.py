@@ -47,8 +47,6 @@ class PreparedCompletion:
     flow: Hashable = None  # whose share it takes in fair queueing (its tenant)
     weight: float = 1.0  # the flow's weight
     record: RequestRecord | None = None  # what the usage log, budgets and traces are told
-    trace_headers: dict[str, str] | None = None  # W3C trace context for the engine's spans
-    exemplar: dict[str, str] | None = None  # the trace id latency histograms carry
 
     @property
     def budget_tokens(self) -> int:

@@ -84,8 +84,6 @@ class CompletionService:
                 temperature=options.temperature,
                 top_p=options.top_p,
             )
-            prep.trace_headers = record.trace_headers
-            prep.exemplar = record.exemplar
             if record.content is not None:  # GATEWAY_TRACE_CONTENT
                 if isinstance(req, ChatCompletionRequest):
                     record.content["input"] = req.model_dump(mode="json")["messages"]
