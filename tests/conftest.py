@@ -18,6 +18,10 @@ from tests.support.gateway import (
     stop_gateway,
 )
 
+# A skipped test fails the run (tests/support/no_skips.py); pytester runs
+# pytest inside a test (that plugin's own test).
+pytest_plugins = ["tests.support.no_skips", "pytester"]
+
 # Tests under these folders, or using these fixtures, start real gateways
 # (the vLLM engine): marked `engine`, so `pytest -m "not engine"` is the
 # fast suite.

@@ -10,6 +10,10 @@ import time
 
 from app.errors import RateLimited
 
+# Refills are sums of float fractions: a token due at exactly this second can
+# add up to 0.9999999999; within this much of a whole one it counts as whole.
+_EPSILON = 1e-9
+
 
 class RateLimiter:
     def __init__(self, per_minute: int, burst: int):
@@ -22,12 +26,12 @@ class RateLimiter:
         now = time.monotonic()
         tokens, at = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1:
+        if tokens < 1 - _EPSILON:
             self._buckets[key] = (tokens, now)
-            wait = math.ceil((1 - tokens) / self.rate)
+            wait = math.ceil((1 - tokens) / self.rate - _EPSILON)
             raise RateLimited(
                 f"Rate limit reached for this API key ({self.rate * 60:g} requests per "
                 f"minute); retry after {wait} s.",
                 retry_after=wait,
             )
-        self._buckets[key] = (tokens - 1, now)
+        self._buckets[key] = (max(0.0, tokens - 1), now)

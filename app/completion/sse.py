@@ -63,8 +63,8 @@ def text_delta_encoder(head: dict[str, Any], tail: dict[str, Any]) -> Callable[[
     (byte for byte what json.dumps writes), and the text with json's own C
     string encoder."""
     start = json.dumps({**head, "choices": [{"index": 0}]}, ensure_ascii=False)
-    start = "data: " + start[: start.rindex("0}]}")]
-    end = "}], " + json.dumps(tail)[1:] + "\n\n" if tail else "}]}\n\n"
+    start = "data: " + line_safe(start[: start.rindex("0}]}")])
+    end = "}], " + line_safe(json.dumps(tail)[1:]) + "\n\n" if tail else "}]}\n\n"
 
     def encode(d: Delta) -> str:
         text = line_safe(quote(d.text))

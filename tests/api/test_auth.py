@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
-from tests.support.metrics import parse
+from tests.support.metrics import delta, parse, scrape
 
 
 def sdk(gw: Gateway, key: str) -> openai.OpenAI:
@@ -15,8 +15,10 @@ def sdk(gw: Gateway, key: str) -> openai.OpenAI:
 
 
 def test_right_key_works(secured: Gateway) -> None:
-    out = sdk(secured, API_KEY).completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
-    assert out.choices[0].text is not None
+    out = sdk(secured, API_KEY).completions.create(
+        model=MODEL_NAME, prompt="Hi", max_tokens=2, extra_body={"ignore_eos": True}
+    )
+    assert out.usage is not None and out.usage.completion_tokens == 2
     # Any key of the file works.
     assert sdk(secured, "sk-other-key").models.list().data[0].id == MODEL_NAME
 
@@ -54,11 +56,10 @@ def test_missing_key_and_other_routes_are_refused(secured: Gateway) -> None:
 def test_probes_and_metrics_need_no_key(secured: Gateway) -> None:
     for path in ("/health", "/health/live", "/health/ready", "/health/startup", "/metrics"):
         assert httpx.get(f"{secured.url}{path}").status_code == 200, path
+    labels = {"model": MODEL_NAME, "reason": "unauthorized"}
+    before = scrape(secured.url)
+    assert httpx.post(f"{secured.url}/v1/completions", json={"prompt": "x"}).status_code == 401
     metrics = httpx.get(f"{secured.url}/metrics").text
-    samples = parse(metrics)
-    assert (
-        "gateway_rejected_requests_total",
-        (("model", MODEL_NAME), ("reason", "unauthorized")),
-    ) in samples
+    assert delta(before, parse(metrics), "gateway_rejected_requests_total", **labels) == 1
     assert API_KEY not in metrics
     assert API_KEY not in secured.logs()

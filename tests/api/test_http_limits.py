@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from tests.support.gateway import ROOT, Gateway
 
@@ -89,8 +88,7 @@ def test_slow_headers_get_408(secured: Gateway) -> None:
 
 
 def test_slowloris_does_not_stop_liveness(secured: Gateway, tmp_path: Path) -> None:
-    if not SLOWHTTPTEST.exists():
-        pytest.skip("slowhttptest not unpacked (make setup needs apt-get)")
+    assert SLOWHTTPTEST.exists(), f"{SLOWHTTPTEST} missing: run `make setup`"
     attack = subprocess.Popen(
         [
             str(SLOWHTTPTEST),

@@ -2,78 +2,112 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
+from typing import Any
 
 import httpx
 import openai
 
 from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
-from tests.support.metrics import scrape, value
+from tests.support.metrics import delta, scrape, value
+from tests.support.wait import until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def test_admission_serves_inflight_plus_queue_and_refuses_the_rest(secured: Gateway) -> None:
-    # GATEWAY_MAX_INFLIGHT=2, GATEWAY_MAX_QUEUE=2: of 10 concurrent long requests,
-    # 2 run, 2 wait for a place, 6 are refused at once.
-    results: list[httpx.Response] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(10)
-
+def _long(url: str, results: list[httpx.Response]) -> threading.Thread:
     def call() -> None:
-        barrier.wait()
-        r = httpx.post(
+        results.append(
+            httpx.post(
+                f"{url}/v1/completions",
+                headers=AUTH,
+                timeout=300,
+                json={"prompt": [1], "max_tokens": 300, "ignore_eos": True},
+            )
+        )
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t
+
+
+def _admission(url: str) -> tuple[float, float]:
+    s = scrape(url)
+    return (
+        value(s, "gateway_admission_running", model=MODEL_NAME),
+        value(s, "gateway_admission_queued", model=MODEL_NAME),
+    )
+
+
+def _fill(url: str, results: list[httpx.Response]) -> list[threading.Thread]:
+    """GATEWAY_MAX_INFLIGHT=2, GATEWAY_MAX_QUEUE=2: two long requests run, two
+    wait; returns once the gateway says so (whatever the machine's speed)."""
+    threads = [_long(url, results) for _ in range(2)]
+    until(lambda: _admission(url) == (2, 0), "two requests running")
+    threads += [_long(url, results) for _ in range(2)]
+    until(lambda: _admission(url) == (2, 2), "two running, two queued")
+    return threads
+
+
+def test_admission_serves_inflight_plus_queue_and_refuses_the_rest(secured: Gateway) -> None:
+    held: list[httpx.Response] = []
+    before = scrape(secured.url)
+    threads = _fill(secured.url, held)
+    # Every place and queue slot taken: the next six are refused at once.
+    refused = [
+        httpx.post(
             f"{secured.url}/v1/completions",
             headers=AUTH,
-            timeout=120,
+            timeout=60,
             json={"prompt": [1], "max_tokens": 300, "ignore_eos": True},
         )
-        with lock:
-            results.append(r)
-
-    threads = [threading.Thread(target=call) for _ in range(10)]
+        for _ in range(6)
+    ]
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    served = [r for r in results if r.status_code == 200]
-    refused = [r for r in results if r.status_code == 503]
-    assert (len(served), len(refused)) == (4, 6), [r.status_code for r in results]
-    for r in served:
+        t.join(300)
+    assert [r.status_code for r in held] == [200] * 4
+    for r in held:
         assert r.json()["usage"]["completion_tokens"] == 300  # admitted work is never cut
     for r in refused:
+        assert r.status_code == 503
         assert r.headers["retry-after"].isdigit()
         assert r.json()["error"]["type"] == "overloaded_error"
-    rejected = value(
-        scrape(secured.url),
-        "gateway_rejected_requests_total",
-        model=MODEL_NAME,
-        reason="overloaded",
-    )
-    assert rejected == 6.0
+    after = scrape(secured.url)
+    labels = {"model": MODEL_NAME, "reason": "overloaded"}
+    assert delta(before, after, "gateway_rejected_requests_total", **labels) == 6
+    assert _admission(secured.url) == (0, 0)
 
 
 def test_sdk_retries_honour_retry_after_and_succeed(secured: Gateway) -> None:
-    # While two long requests hold both places and two more fill the queue, the
-    # SDK's retry (after Retry-After) of a refused call lands once they finish.
-    client = openai.OpenAI(base_url=f"{secured.url}/v1", api_key=API_KEY, max_retries=8)
-    blockers = [
-        threading.Thread(
-            target=lambda: httpx.post(
-                f"{secured.url}/v1/completions",
-                headers=AUTH,
-                timeout=120,
-                json={"prompt": [1], "max_tokens": 150, "ignore_eos": True},
-            )
+    # While two long requests hold both places and two more fill the queue,
+    # the SDK's call is refused with 503 + Retry-After; the SDK waits that
+    # long and retries until a place is free, and the call succeeds.
+    attempts: list[tuple[float, int, str | None]] = []
+
+    def seen(response: Any) -> None:  # the SDK's own httpx flavour
+        attempts.append(
+            (time.monotonic(), response.status_code, response.headers.get("retry-after"))
         )
-        for _ in range(4)
-    ]
-    for t in blockers:
-        t.start()
+
+    client = openai.OpenAI(
+        base_url=f"{secured.url}/v1",
+        api_key=API_KEY,
+        max_retries=50,
+        http_client=openai.DefaultHttpxClient(event_hooks={"response": [seen]}, timeout=300),
+    )
+    held: list[httpx.Response] = []
+    threads = _fill(secured.url, held)
     out = client.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=4)
+    for t in threads:
+        t.join(300)
     assert out.choices[0].finish_reason in ("length", "stop")
-    for t in blockers:
-        t.join(120)
+    statuses = [status for _, status, _ in attempts]
+    assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}
+    for (at, status, retry_after), (next_at, _, _) in itertools.pairwise(attempts):
+        assert status == 503 and retry_after is not None and retry_after.isdigit()
+        assert next_at - at >= int(retry_after) * 0.9  # the SDK waited as told
 
 
 def test_body_over_the_limit_is_413_in_openai_shape(secured: Gateway) -> None:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.procs import wait_ok
 from tests.support.gateway import MODEL_NAME, ROOT, Gateway, free_port
 from tests.support.metrics import Samples, scrape
+from tests.support.metrics import delta as support_delta
 from tests.support.metrics import value as support_value
 
 PROMETHEUS = ROOT / ".cache" / "prometheus" / "usr" / "bin"
@@ -29,7 +30,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+    return support_delta(before, after, name, **{**M, **labels})
 
 
 def vllm_delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -40,6 +41,7 @@ def vllm_delta(before: Samples, after: Samples, name: str, **labels: str) -> flo
         wanted = set(labels.items())
         return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
+    assert any(n == name for n, _ in after), f"{name} is not in the scrape"
     return total(after) - total(before)
 
 
@@ -158,12 +160,12 @@ def test_lifecycle_and_vllm_metrics_are_exposed(http: httpx.Client) -> None:
 
 def test_every_metric_has_help_and_promtool_accepts_them(http: httpx.Client) -> None:
     promtool = PROMETHEUS / "promtool"
-    if not promtool.exists():
-        pytest.skip("promtool not unpacked (make setup needs apt-get)")
+    assert promtool.exists(), f"{promtool} missing: run `make setup`"
     text = http.get("/metrics").text
-    for family in text_string_to_metric_families(text):
-        if family.name.startswith("gateway_"):
-            assert family.documentation, family.name
+    ours = [f for f in text_string_to_metric_families(text) if f.name.startswith("gateway_")]
+    assert len(ours) >= 30, [f.name for f in ours]  # promtool is given our families, not nothing
+    for family in ours:
+        assert family.documentation, family.name
     gateway_text = "\n".join(line for line in text.splitlines() if "gateway_" in line) + "\n"
     r = subprocess.run(
         [str(promtool), "check", "metrics"], input=gateway_text, capture_output=True, text=True
@@ -175,8 +177,7 @@ def test_every_metric_has_help_and_promtool_accepts_them(http: httpx.Client) -> 
 @pytest.fixture
 def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
     binary = PROMETHEUS / "prometheus"
-    if not binary.exists():
-        pytest.skip("prometheus not unpacked (make setup needs apt-get)")
+    assert binary.exists(), f"{binary} missing: run `make setup`"
     target = gateway.url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -21,8 +20,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ascend-llm-gateway.json"
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    if not PROMTOOL.exists():
-        pytest.skip("promtool not unpacked (make setup needs apt-get)")
+    assert PROMTOOL.exists(), f"{PROMTOOL} missing: run `make setup`"
     return subprocess.run([str(PROMTOOL), *args], capture_output=True, text=True, cwd=cwd)
 
 

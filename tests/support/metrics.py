@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.wait import WITHIN, until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -26,13 +26,23 @@ def scrape(http: httpx.Client | str) -> Samples:
     return parse(r.text)
 
 
+def _key(name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return (name, tuple(sorted(labels.items())))
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample with exactly these labels, 0 when absent."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sample with exactly these labels. A series that is not in the
+    scrape fails the check: a renamed metric must never read as 0."""
+    key = _key(name, labels)
+    assert key in samples, f"{name}{labels} is not in the scrape"
+    return samples[key]
 
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+    """How much a series grew. It must be in the later scrape; a labelled
+    series (status="400", say) may first appear between the two."""
+    key = _key(name, labels)
+    return value(after, name, **labels) - before.get(key, 0.0)
 
 
 def metric(http: httpx.Client, name: str) -> float:
@@ -42,9 +52,6 @@ def metric(http: httpx.Client, name: str) -> float:
     return found[0]
 
 
-def wait_running_zero(http: httpx.Client, within: float = 2.0) -> float:
-    """Wait until the engine runs no request; the last value seen."""
-    deadline = time.monotonic() + within
-    while (n := metric(http, "vllm:num_requests_running")) > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return n
+def wait_running_zero(http: httpx.Client, within: float = WITHIN) -> None:
+    """Wait until the engine runs no request (fails the test if it never does)."""
+    until(lambda: metric(http, "vllm:num_requests_running") == 0, "engine idle", within)

@@ -1,0 +1,102 @@
+"""The SSE wire format (app/completion/sse.py) checked directly: each event
+one `data:` line and a blank line, the text fast path equal to what the
+generic encoder writes, the usage chunk, the error event, [DONE] last."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.completion.sse import (
+    DONE_EVENT,
+    chunk_event,
+    end_events,
+    error_events,
+    sse_event,
+    text_delta_encoder,
+)
+from app.errors import EngineFailure, InvalidRequest, RateLimited
+
+HEAD = {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m"}
+BREAKS = "\u2028\u2029\x85\n\r"
+
+
+def events(wire: str) -> list[Any]:
+    """The events of a wire text, each exactly `data: <one line>` + blank line."""
+    assert wire.endswith("\n\n")
+    out = []
+    for block in wire[:-2].split("\n\n"):
+        assert block.startswith("data: "), block
+        line = block[len("data: ") :]
+        # one line whichever way a client splits lines
+        assert len(line.splitlines()) == 1 and "\n" not in line and "\r" not in line, line
+        out.append("[DONE]" if line == "[DONE]" else json.loads(line))
+    return out
+
+
+def delta(text: str, index: int = 0, reason: str | None = None) -> Any:
+    return SimpleNamespace(choice=SimpleNamespace(index=index), text=text, finish_reason=reason)
+
+
+def generic(
+    head: dict[str, Any], index: int, text: str, reason: str | None, tail: dict[str, Any]
+) -> dict[str, Any]:
+    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+    return {**head, "choices": [choice], **tail}
+
+
+@given(
+    st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(BREAKS + '"\\')),
+    st.sampled_from(["m", "llama-é", "a\u2028b", 'x0}]}"y']),
+    st.integers(0, 40),
+    st.sampled_from([None, "stop", "length"]),
+    st.sampled_from([{}, {"usage": None}, {"usage": {"prompt_tokens": 3}, "x": ["\u2029"]}]),
+)
+def test_the_text_fast_path_writes_what_the_generic_encoder_means(
+    text: str, model: str, index: int, reason: str | None, tail: dict[str, Any]
+) -> None:
+    # Any text, any served model name (even one with a line break or the
+    # envelope's own closing characters in it), any index and tail.
+    head = {**HEAD, "model": model}
+    wire = text_delta_encoder(head, tail)(delta(text, index, reason))
+    assert events(wire) == [generic(head, index, text, reason, tail)]
+    if (text + model).isascii() and not set(text) & set(BREAKS):
+        # byte for byte the generic path's event
+        assert wire == chunk_event(generic(head, index, text, reason, tail))
+
+
+def test_the_fast_path_keeps_non_ascii_text_unescaped() -> None:
+    wire = text_delta_encoder(HEAD, {})(delta("é\u2028x"))
+    assert '"text": "é\\u2028x"' in wire
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(BREAKS)))
+def test_one_event_is_one_line_whatever_the_text(text: str) -> None:
+    wire = sse_event(json.dumps({"t": text}, ensure_ascii=False))
+    assert events(wire) == [{"t": text}]
+
+
+def test_a_stream_ends_with_done_and_the_usage_chunk_only_when_asked() -> None:
+    assert end_events(HEAD, None) == DONE_EVENT == "data: [DONE]\n\n"
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    wire = end_events(HEAD, usage)
+    assert events(wire) == [{**HEAD, "choices": [], "usage": usage}, "[DONE]"]
+
+
+def test_a_broken_stream_ends_with_its_error_then_done() -> None:
+    error = InvalidRequest("bad \u2028 thing", param="prompt", code="x_code")
+    assert events(error_events(error)) == [
+        {"error": {"message": "bad \u2028 thing", "type": "invalid_request_error",
+                   "param": "prompt", "code": "x_code"}},
+        "[DONE]",
+    ]  # fmt: skip
+    # without a code of its own, the event's code is the HTTP status
+    failure = EngineFailure("gone")
+    [event, done] = events(error_events(failure))
+    assert event["error"]["code"] == int(failure.status) == 500 and done == "[DONE]"
+    limited = RateLimited("slow down", retry_after=3)
+    assert events(error_events(limited))[0]["error"]["code"] == (limited.code or 429)
