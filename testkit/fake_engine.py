@@ -1,4 +1,7 @@
-"""A scripted engine for fault tests only (everything else runs the real one)."""
+"""A scripted engine: faults no real engine gives on demand (an error event
+mid-stream, a hang, a 500), and the fast pipeline tests (tests/unit). Every
+behaviour it stands in for also has a real-engine test (tests/api,
+tests/lifecycle)."""
 
 from __future__ import annotations
 
@@ -63,7 +66,11 @@ class FakeEngine:
     bos_token_id: int | None = 1
     tokenizer: CharTokenizer = field(default_factory=CharTokenizer)
     errored: bool = False
-    cancelled: list[str] = field(default_factory=list)
+    # Kept apart: a request whose output stream was closed or cancelled (how
+    # the gateway stops one request) and one given to abort() (how it stops
+    # every request at once: a stall, a drain's end).
+    closed: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
     capture_sizes: list[int] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)  # each generate()'s priority
     trace_headers: list[dict[str, str] | None] = field(default_factory=list)
@@ -83,11 +90,11 @@ class FakeEngine:
             async for out in self.script(prompt_token_ids, options):
                 yield out
         except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled.append(request_id)
+            self.closed.append(request_id)
             raise
 
     async def abort(self, request_id: str) -> None:
-        self.cancelled.append(request_id)
+        self.aborted.append(request_id)
 
     def info(self) -> dict[str, Any]:
         graph = {"cudagraph_mode": "PIECEWISE", "capture_sizes": self.capture_sizes}

@@ -105,7 +105,13 @@ class Supervisor:
 
     async def _watch(self, engine: Engine, service: CompletionService) -> None:
         # Cancelled by shutdown().
-        why, hung = await self.watchdog.watch(engine, service.in_engine)
+        try:
+            why, hung = await self.watchdog.watch(engine, service.in_engine)
+        except Exception as exc:  # a defect in the watch itself: never silent
+            # Without the watch a hang would go unnoticed: say so and let the
+            # orchestrator restart a process that can watch again.
+            logger.exception("the engine watchdog failed")
+            why, hung = f"the engine watchdog failed ({exc!r}); restarting", False
         if hung:
             self.metrics.engine_stalls.inc()
             # Nothing more will come: end every request now, with the reason.

@@ -70,6 +70,7 @@ class Watchdog:
                         # tried again, so the watch itself never ends silently.
                         failure = canary.exception()
                         if failure is not None:
+                            self.metrics.canary_failures.inc()
                             logger.warning("idle canary failed: %r", failure)
                         canary, canary_ended = None, now
                     elif now - canary_since > stall:

@@ -193,6 +193,12 @@ class Metrics:
             "output for GATEWAY_STALL_TIMEOUT seconds; the gateway then fails and exits.",
         )
 
+        self.canary_failures = counter(
+            "gateway_canary_failures_total",
+            "Idle canaries that failed with an engine error (not the engine's death, not a "
+            "hang); each is logged and tried again at the next interval.",
+        )
+
         self.phase = gauge_by("gateway_phase", "1 for the current lifecycle phase.", ("phase",))
         self.phase_duration = gauge_by(
             "gateway_phase_duration_seconds",

@@ -151,7 +151,9 @@ async def test_failure_of_one_prompt_cancels_the_others() -> None:
     r = await call(engine, {"prompt": ["a", "b"], "max_tokens": 4})
     assert r.status_code == 500
     assert r.json()["error"]["message"] == "prompt a failed"
-    assert any(rid.endswith("-1") for rid in engine.cancelled)
+    # prompt b's stream (request id suffix -1) was closed; nothing else needed abort()
+    assert [rid.rsplit("-", 1)[1] for rid in engine.closed] == ["1"]
+    assert engine.aborted == []
 
 
 class StuckTokenizer(CharTokenizer):
