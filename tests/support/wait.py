@@ -25,15 +25,12 @@ def until(check: Callable[[], T], what: str, within: float = WITHIN, every: floa
 
 
 async def until_async(
-    check: Callable[[], T | Awaitable[T]], what: str, within: float = WITHIN, every: float = 0.01
+    check: Callable[[], Awaitable[T | None]], what: str, within: float = WITHIN, every: float = 0.01
 ) -> T:
-    """`until` inside an event loop (`check` may be a coroutine function)."""
+    """`until` inside an event loop: `check` is a coroutine function whose
+    first value that is not None is returned."""
     deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]
+    while (result := await check()) is None:
         assert time.monotonic() < deadline, f"not within {within:g} s: {what}"
         await asyncio.sleep(every)
+    return result
