@@ -21,6 +21,7 @@ from app.errors import EngineFailure, Unavailable
 from app.main import create_app
 from testkit.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
+from tests.support.wait import until_async
 from tests.support.metrics import Samples, parse, value
 from tests.support.sse import data_events
 
@@ -92,24 +93,30 @@ async def test_watchdog_fails_the_gateway_when_the_engine_dies() -> None:
     engine = FakeEngine(fails_after(1, EngineFailure("x")))
     exits: list[float] = []
     settings = Settings(
-        served_model_name="fake", warmup="none", watchdog_interval=0.01, exit_grace=0.1
+        served_model_name="fake", warmup="none", watchdog_interval=0.01, exit_grace=2
     )
     app = create_app(
         settings, engine=engine, on_exit=lambda: exits.append(1), registry=CollectorRegistry()
     )  # type: ignore[arg-type]
+
+    async def unlive() -> httpx.Response | None:
+        live = await c.get("/health/live")
+        return live if live.status_code == 503 else None
+
+    async def exited() -> bool | None:
+        return True if exits else None
+
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             assert (await c.get("/health/live")).status_code == 200
             engine.errored = True
-            await asyncio.sleep(0.05)
-            live = await c.get("/health/live")
-            assert live.status_code == 503
+            live = await until_async(unlive, "liveness failed after the engine died")
             assert live.json()["phase"] == "failed" and "engine died" in live.json()["error"]
             r = await c.post("/v1/completions", json={"prompt": "hi"})
             assert r.status_code == 503 and "Retry-After" in r.headers
             assert exits == []  # the grace lets probes read the reason first
-            await asyncio.sleep(0.2)
+            await until_async(exited, "the process asked to exit after the grace")
             assert exits == [1]
     assert app.state.supervisor.exit_code == 1
 

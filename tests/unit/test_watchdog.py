@@ -49,7 +49,7 @@ async def test_a_hung_engine_ends_requests_and_fails_liveness() -> None:
         warmup="none",
         watchdog_interval=0.05,
         stall_timeout=0.5,
-        exit_grace=0.5,
+        exit_grace=2,
     )
     app = create_app(
         settings,
@@ -68,7 +68,7 @@ async def test_a_hung_engine_ends_requests_and_fails_liveness() -> None:
             live = await c.get("/health/live")
             samples = parse((await c.get("/metrics")).text)
             assert exits == []  # the grace lets probes read the reason first
-            await asyncio.sleep(0.7)
+            await until_async(lambda: _exited(exits), "the exit after the grace")
             assert exits == [1]
     events = data_events(stream)
     assert json.loads(events[0])["choices"][0]["text"] == "t0"
@@ -102,20 +102,21 @@ async def test_the_idle_canary_finds_a_hang_with_no_traffic() -> None:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             assert (await c.get("/health/live")).status_code == 200
-            await asyncio.sleep(0.8)
-            live = await c.get("/health/live")
-    assert live.status_code == 503 and "canary" in live.json()["error"]
+            live = await until_async(lambda: _unlive(c), "the idle canary's hang caught")
+    assert "canary" in live.json()["error"]
 
 
 async def test_a_busy_engine_that_keeps_stepping_is_not_hung() -> None:
+    # 25 steps of 0.1 s: the request runs 2.5 times the stall timeout, so
+    # without the per-step heartbeat it would be taken for a hang.
     async def slow(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        for i in range(8):
+        for i in range(25):
             await asyncio.sleep(0.1)
             app.state.supervisor.watchdog.heartbeat()  # the stat logger, per step
-            yield ReqOut([Out(0, f"t{i}", [5], "length" if i == 7 else None)])
+            yield ReqOut([Out(0, f"t{i}", [5], "length" if i == 24 else None)])
 
     settings = Settings(
-        served_model_name="fake", warmup="none", watchdog_interval=0.05, stall_timeout=0.3
+        served_model_name="fake", warmup="none", watchdog_interval=0.05, stall_timeout=1.0
     )
     app = create_app(settings, engine=FakeEngine(slow), registry=CollectorRegistry())  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
@@ -154,6 +155,10 @@ async def test_a_failing_canary_is_retried_and_a_later_hang_still_caught(
     failed = [r for r in caplog.records if r.getMessage().startswith("idle canary failed")]
     assert len(failed) == 2 and "the engine failed this request" in failed[0].getMessage()
     assert "canary" in live.json()["error"]
+
+
+async def _exited(exits: list[int]) -> bool | None:
+    return True if exits else None
 
 
 async def _unlive(c: httpx.AsyncClient) -> httpx.Response | None:
