@@ -42,11 +42,17 @@ class ReqOut:
 
 
 class CharTokenizer:
+    """One token per character; ids 0-2 are the special tokens, written out
+    only when not skipped (as a LLaMA tokenizer does)."""
+
+    SPECIAL = ("<unk>", "<s>", "</s>")
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return ([1] if add_special_tokens else []) + [3 + ord(c) % 1000 for c in text]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i - 3) for i in ids if i > 2)
+        special = ("",) * 3 if skip_special_tokens else self.SPECIAL
+        return "".join(special[i] if i <= 2 else chr(i - 3) for i in ids)
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self.decode([i]) for i in ids]

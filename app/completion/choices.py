@@ -30,13 +30,11 @@ class Choice:
         "offset",
         "parts",
         "timer",
-        "tokens",
     )
 
     def __init__(self, index: int, timer: RequestTimer, logprobs: bool):
         self.index = index  # in the response: prompt index * n + sample index
         self.parts: list[str] = []  # its text (the echoed prompt first)
-        self.tokens = 0
         self.finish_reason: str | None = None
         self.cumulative_logprob = 0.0
         self.logprobs: CompletionLogprobs | None = (
@@ -108,7 +106,6 @@ class Choices:
             # Scoring (echo, max_tokens 0): the one step the engine ran is left out.
             n = 0 if echo_only else len(o.token_ids)
             if n:
-                choice.tokens += n
                 self.completion_tokens += n
                 metrics.generation_tokens.inc(n)
                 choice.timer.tokens_out(metrics, n)

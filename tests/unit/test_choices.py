@@ -117,8 +117,8 @@ def test_prompt_logprobs_reach_every_sample_with_n_above_one() -> None:
         lp = choice["logprobs"]
         assert lp is not None
         assert lp["token_logprobs"] == [None, -0.5, -0.5, sampled]
-        assert lp["tokens"][1:3] == ["a", "b"]
-        assert lp["text_offset"] == [0, 0, 1, 2]  # BOS decodes to ""
+        assert lp["tokens"][:3] == ["<s>", "a", "b"]  # BOS named, as LLaMA's tokenizer does
+        assert lp["text_offset"] == [0, 3, 4, 5]
 
 
 def test_streamed_logprobs_are_the_new_entries_only() -> None:

@@ -21,9 +21,9 @@ from app.errors import EngineFailure, Unavailable
 from app.main import create_app
 from testkit.fake_engine import CharTokenizer, FakeEngine, Out, ReqOut, Script
 from tests.support.inprocess import serve
-from tests.support.wait import until_async
 from tests.support.metrics import Samples, parse, value
 from tests.support.sse import data_events
+from tests.support.wait import until_async
 
 pytestmark = pytest.mark.anyio
 
