@@ -27,6 +27,7 @@ entry points: nothing here is NPU-specific except device detection.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -66,6 +67,9 @@ except ImportError:  # vLLM 0.18 takes the plain dict inline
     _RENDERED = False
 
 logger = logging.getLogger(__name__)
+
+# Seconds the engine core and its worker get to exit on shutdown (see shutdown()).
+ENGINE_SHUTDOWN_TIMEOUT = 12.0
 
 
 class VllmEngine:
@@ -175,7 +179,16 @@ class VllmEngine:
         }
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        # vLLM waits 5 s for the engine core and its worker to exit, then
+        # kills them, leaking their shared memory (a warning and an ERROR in
+        # the log). On a loaded node the worker took longer than that (seen
+        # on the 2-core CI machine with both cores busy); the chart's grace
+        # period leaves 15 s for this after the drain. vLLM 0.18's shutdown
+        # takes no timeout.
+        if "timeout" in inspect.signature(self._llm.shutdown).parameters:
+            self._llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT)
+        else:
+            self._llm.shutdown()
 
 
 def _sampling_params(options: SamplingOptions) -> SamplingParams:
