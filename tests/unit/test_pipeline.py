@@ -28,9 +28,11 @@ from app.errors import (
     InvalidRequest,
     ModelNotFound,
     Overloaded,
+    RequestTimeout,
 )
 from app.observability.metrics import Metrics
 from testkit.fake_engine import FakeEngine, Lp, Out, ReqOut
+from tests.support.wait import until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -373,3 +375,70 @@ async def test_a_large_constraint_is_checked_off_the_event_loop(
     release.set()
     prep = await task
     assert prep.options.structured is not None and prep.options.structured.kind == "json"
+
+
+async def test_a_queued_request_whose_deadline_passes_is_a_504_and_leaves_the_queue() -> None:
+    gate = asyncio.Event()
+
+    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        await gate.wait()
+        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+
+    svc, _ = service(held, max_inflight=1, max_queue=2, request_timeout=0.5)
+    req = CompletionRequest(prompt="hi", max_tokens=2, stream=True)
+    holder = await svc.open_stream(await svc.prepare(req))
+    waiting = asyncio.create_task(
+        svc.complete(await svc.prepare(CompletionRequest(prompt="hi", max_tokens=2)))
+    )
+    assert await until_async(
+        lambda: _true(svc.runner.admission.queued == 1), "the second request queued"
+    )
+    with pytest.raises(RequestTimeout):
+        await waiting  # its deadline passed while it waited for the place
+    assert (svc.runner.admission.queued, svc.runner.admission.queued_tokens) == (0, 0)
+    assert len(engine_of(svc).priorities) == 1  # it never reached the engine
+    assert svc.runner.admission.running == 1  # the holder keeps its place
+    await holder.close()
+    assert svc.runner.admission.running == 0
+
+
+async def test_a_queued_request_whose_client_leaves_frees_its_place_in_the_queue() -> None:
+    gate = asyncio.Event()
+
+    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        await gate.wait()
+        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+
+    svc, _ = service(held, max_inflight=1, max_queue=1)
+    holder = await svc.open_stream(
+        await svc.prepare(CompletionRequest(prompt="hi", max_tokens=2, stream=True))
+    )
+    leaving = asyncio.create_task(
+        svc.complete(await svc.prepare(CompletionRequest(prompt="hi", max_tokens=2)))
+    )
+    await until_async(lambda: _true(svc.runner.admission.queued == 1), "queued")
+    leaving.cancel()  # the client went away (the server cancels its handler)
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert svc.runner.admission.queued == 0
+    # the queue's one place is free again: a new request may wait there
+    again = asyncio.create_task(
+        svc.complete(await svc.prepare(CompletionRequest(prompt="hi", max_tokens=2)))
+    )
+    await until_async(lambda: _true(svc.runner.admission.queued == 1), "queued again")
+    gate.set()
+    assert (await events_of(holder))[-1] == "[DONE]"
+    body = await again
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert len(engine_of(svc).priorities) == 2  # the holder and the last: the leaver never ran
+
+
+def engine_of(svc: CompletionService) -> FakeEngine:
+    engine = svc.engine
+    assert isinstance(engine, FakeEngine)
+    return engine
+
+
+async def _true(condition: bool) -> bool | None:
+    return True if condition else None
