@@ -43,14 +43,14 @@ class ReqOut:
 
 class CharTokenizer:
     """One token per character; ids 0-2 are the special tokens, written out
-    only when not skipped (as a LLaMA tokenizer does)."""
+    unless skipped (as a LLaMA tokenizer does, by default too)."""
 
     SPECIAL = ("<unk>", "<s>", "</s>")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return ([1] if add_special_tokens else []) + [3 + ord(c) % 1000 for c in text]
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         special = ("",) * 3 if skip_special_tokens else self.SPECIAL
         return "".join(special[i] if i <= 2 else chr(i - 3) for i in ids)
 

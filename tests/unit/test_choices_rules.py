@@ -130,3 +130,22 @@ def test_a_traced_request_puts_its_trace_on_the_latency_observations() -> None:
         if s.exemplar is not None
     ]
     assert [s.exemplar.labels for s in ttft] == [exemplar]
+
+
+def test_echo_uses_the_clients_own_prompt_text() -> None:
+    prep = prepared(["ab"], echo=True)
+    prep.prompts[0].text = "a b"  # what the client sent, however the tokenizer reads it back
+    acc = Choices(prep, TOK, metrics())
+    acc.feed(0, ReqOut([Out(0, "!", [36], "stop")], finished=True))
+    assert acc.final()[0]["text"] == "a b!"
+
+
+def test_best_of_without_cumulative_logprobs_keeps_the_first_samples() -> None:
+    def final(first: float | None) -> list[str]:
+        acc = Choices(prepared(["ab"], n=1, best_of=2), TOK, metrics())
+        outs = [Out(0, "x", [5], "stop", cumulative_logprob=first), Out(1, "y", [6], "stop")]
+        acc.feed(0, ReqOut(outs, finished=True))
+        return [c["text"] for c in acc.final()]
+
+    assert final(None) == ["x"]  # no logprob from the engine at all: ties, in order
+    assert final(0.0) == ["x"]  # a certain sample ties with one the engine gave none for
