@@ -210,3 +210,67 @@ def test_completions_usage_always_has_cached_tokens(http: httpx.Client, stream: 
     else:
         usage = http.post("/v1/completions", json=body).json()["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= 0
+
+
+def test_system_messages_are_never_dropped_to_fit(client: openai.OpenAI) -> None:
+    # Dropping the system message would make these fit; it is kept: the old
+    # user message goes in the first, and the second cannot fit at all.
+    system: Any = {"role": "system", "content": "rule " * 1700}
+    old: Any = {"role": "user", "content": "old " * 300}
+    last: Any = {"role": "user", "content": "last question"}
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=[system, old, last], max_tokens=100
+    )
+    assert raw.headers["x-truncated-messages"] == "1"  # the old one, not the system
+    out = raw.parse()
+    assert out.usage is not None and 1700 < out.usage.prompt_tokens <= 2048 - 100
+    bigger: Any = {"role": "system", "content": "rule " * 2000}
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=[bigger, old, last], max_tokens=100
+        )
+    error = exc.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "Even with only the system messages and the last message" in error["message"]
+
+
+def _cached_tokens(http: httpx.Client, endpoint: str, text: str, salt: str | None) -> int:
+    body: dict[str, Any] = {"max_tokens": 1}
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": text}]
+    else:
+        body["prompt"] = text
+    if salt is not None:
+        body["cache_salt"] = salt
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    r = http.post(path, json=body)
+    assert r.status_code == 200, r.text
+    return int(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_client_salt_partitions_the_shared_cache(http: httpx.Client, endpoint: str) -> None:
+    # Without API keys: the same prompt hits the cache only under the same salt.
+    text = f"salt {endpoint} {time.time_ns()} {LONG_PROMPT}"
+    assert _cached_tokens(http, endpoint, text, "s1") == 0
+    assert _cached_tokens(http, endpoint, text, "s1") > 0  # same salt: a hit
+    assert _cached_tokens(http, endpoint, text, "s2") == 0  # another salt: its own
+    assert _cached_tokens(http, endpoint, text, None) == 0  # no salt: the shared one
+    assert _cached_tokens(http, endpoint, text, None) > 0
+
+
+def test_a_client_salt_partitions_only_within_its_key(secured: Gateway) -> None:
+    text = f"keyed salt {time.time_ns()} {LONG_PROMPT}"
+
+    def hit(key: str, salt: str | None) -> int:
+        with httpx.Client(
+            base_url=secured.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as c:
+            return _cached_tokens(c, "completions", text, salt)
+
+    assert hit(API_KEY, "s1") == 0
+    assert hit(API_KEY, "s1") > 0
+    assert hit(API_KEY, None) == 0  # the key's own unsalted partition
+    assert hit("sk-other-key", "s1") == 0  # the same salt under another key: no hit
+    assert hit("sk-other-key", "s1") > 0

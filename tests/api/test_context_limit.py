@@ -122,3 +122,24 @@ def test_truncate_prompt_tokens_is_honoured(
     assert r.status_code == 200
     assert r.headers[HEADER] == "90"
     assert r.json()["usage"]["prompt_tokens"] == 10
+
+
+def test_truncate_prompt_tokens_minus_one_means_the_models_limit(
+    http: httpx.Client, strict: httpx.Client
+) -> None:
+    # -1 (vLLM's "the model's limit"): a prompt that fits is untouched; one
+    # that does not is handled by the gateway's policy, as without the field.
+    r = complete(http, prompt=ids(100), max_tokens=2, truncate_prompt_tokens=-1)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 100
+    assert r.headers[HEADER] == "0"
+    r = complete(http, prompt=ids(LIMIT + 10), max_tokens=8, truncate_prompt_tokens=-1)
+    assert r.status_code == 200
+    assert r.json()["usage"]["prompt_tokens"] == LIMIT - 8
+    assert r.headers[HEADER] == str(10 + 8)
+    r = complete(strict, prompt=ids(LIMIT + 10), max_tokens=8, truncate_prompt_tokens=-1)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    for bad in (0, -2):
+        r = complete(http, prompt=ids(10), max_tokens=2, truncate_prompt_tokens=bad)
+        assert r.status_code == 400, bad
+        assert r.json()["error"]["param"] == "truncate_prompt_tokens"

@@ -442,3 +442,21 @@ def engine_of(svc: CompletionService) -> FakeEngine:
 
 async def _true(condition: bool) -> bool | None:
     return True if condition else None
+
+
+async def test_under_truncation_error_a_chat_that_does_not_fit_is_refused_whole() -> None:
+    svc, _ = service(max_model_len=512, truncation="error")
+    fits = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    prep = await svc.prepare(ChatCompletionRequest(messages=fits, max_tokens=4))
+    assert prep.headers()["x-truncated-messages"] == "0"
+    long = [
+        *fits,
+        {"role": "assistant", "content": "x" * 300},
+        {"role": "user", "content": "y" * 300},
+    ]
+    with pytest.raises(ContextLengthExceeded) as exc:
+        await svc.prepare(ChatCompletionRequest(messages=long, max_tokens=4))
+    # nothing dropped under `error`: the counts of the whole conversation
+    assert exc.value.param == "messages"
+    assert "in the 4 messages, 4 for the completion" in exc.value.message
+    assert "maximum context length is 512 tokens" in exc.value.message
