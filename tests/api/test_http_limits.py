@@ -130,3 +130,40 @@ def test_slowloris_does_not_stop_liveness(secured: Gateway, tmp_path: Path) -> N
     assert max(int(r["Connected"]) for r in rows) >= 100, rows[-3:]  # the attack was on
     # The header deadline (2 s) closes attack connections while it runs.
     assert int(rows[-1]["Closed"]) >= 100, rows[-3:]
+
+
+def _exchange(sock: socket.socket, payload: bytes) -> bytes:
+    """One request on a kept-alive connection; its whole answer (by its length)."""
+    sock.sendall(payload)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_header_limits_apply_per_request_on_a_kept_alive_connection(gateway: Gateway) -> None:
+    # Exactly max_headers fields (100, Host included) pass, again and again on
+    # one connection; each request's header bytes count on their own (three
+    # requests of ~20 KiB each are fine under the 32 KiB limit); one field
+    # more is a 431 that closes the connection.
+    at_limit = request([(f"x-h{i}", "v" * 200) for i in range(99)])  # + Host = 100
+    assert 19_000 < len(at_limit) < 32 * 1024
+    parts = urlsplit(gateway.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        for _ in range(3):
+            assert _exchange(sock, at_limit).startswith(b"HTTP/1.1 200")
+        over = _exchange(sock, request([(f"x-h{i}", "v") for i in range(100)]))  # 101
+        status, error = status_and_error(over)
+        assert (status, error["code"]) == (431, "headers_too_large")
+        assert sock.recv(1) == b""  # closed after it
