@@ -42,7 +42,8 @@ def test_chat_answers_in_openai_shape(client: openai.OpenAI) -> None:
         assert all(len(t.top_logprobs) == 2 for t in c.logprobs.content)
     assert out.usage is not None and out.usage.completion_tokens == 12
     assert out.usage.prompt_tokens_details is not None
-    assert out.usage.prompt_tokens_details.cached_tokens is not None
+    cached = out.usage.prompt_tokens_details.cached_tokens
+    assert isinstance(cached, int) and 0 <= cached < out.usage.prompt_tokens
     assert raw.headers["x-truncated-prompt-tokens"] == "0"
     assert raw.headers["x-truncated-messages"] == "0"
 
@@ -81,7 +82,8 @@ def test_streamed_chat_matches_the_whole_answer(client: openai.OpenAI) -> None:
     assert not chunks[-1].choices and usage is not None
     assert usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
     assert usage.prompt_tokens_details is not None
-    assert usage.prompt_tokens_details.cached_tokens is not None
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert isinstance(cached, int) and 0 <= cached < usage.prompt_tokens
 
 
 def test_oldest_messages_are_dropped_whole_to_fit(client: openai.OpenAI) -> None:
@@ -209,7 +211,8 @@ def test_completions_usage_always_has_cached_tokens(http: httpx.Client, stream: 
         usage = json.loads(data[-2])["usage"]
     else:
         usage = http.post("/v1/completions", json=body).json()["usage"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] >= 0
+    # "Hi" is shorter than a cache block: never a hit, and always reported
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 def test_system_messages_are_never_dropped_to_fit(client: openai.OpenAI) -> None:
