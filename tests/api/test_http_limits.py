@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.support.gateway import ROOT, Gateway
+from tests.support.raw_http import read_response
 
 SLOWHTTPTEST = ROOT / ".cache" / "slowhttptest" / "usr" / "bin" / "slowhttptest"
 
@@ -133,23 +134,9 @@ def test_slowloris_does_not_stop_liveness(secured: Gateway, tmp_path: Path) -> N
 
 
 def _exchange(sock: socket.socket, payload: bytes) -> bytes:
-    """One request on a kept-alive connection; its whole answer (by its length)."""
+    """One request on a kept-alive connection, and its whole answer."""
     sock.sendall(payload)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
+    return read_response(sock)
 
 
 def test_header_limits_apply_per_request_on_a_kept_alive_connection(gateway: Gateway) -> None:

@@ -24,6 +24,7 @@ from app.engine.protocol import SamplingOptions
 from app.main import create_app
 from testkit.fake_engine import FakeEngine, Out, ReqOut
 from testkit.procs import free_port, wait_ok
+from tests.support.raw_http import read_response
 
 
 async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
@@ -65,28 +66,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     thread.join(30)
 
 
-def read_response(sock: socket.socket) -> bytes:
-    """One whole HTTP/1.1 response with a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed mid-headers: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed mid-body"
-        body += chunk
-    assert len(body) == length, "more bytes than the answer"
-    return head
-
-
-@pytest.mark.parametrize("served", [{"keepalive_timeout": 1}], indirect=True)
+@pytest.mark.parametrize("served", [{"keepalive_timeout": 3}], indirect=True)
 def test_an_idle_connection_is_closed_cleanly_at_the_keepalive_timeout(served: Served) -> None:
     port = int(served.url.rsplit(":", 1)[1])
     body = b'{"prompt": "hi", "max_tokens": 1}'
@@ -99,7 +79,7 @@ def test_an_idle_connection_is_closed_cleanly_at_the_keepalive_timeout(served: S
         head = read_response(sock)
         assert head.startswith(b"HTTP/1.1 200")
         assert b"connection: close" not in head.lower()
-        # Idle: before the timeout the connection is still good for another request.
+        # Idle, well before the timeout: still good for another request.
         time.sleep(0.3)
         sock.sendall(request)
         assert read_response(sock).startswith(b"HTTP/1.1 200")
@@ -107,7 +87,8 @@ def test_an_idle_connection_is_closed_cleanly_at_the_keepalive_timeout(served: S
         # Then nothing more arrives but the server's FIN: no half-written answer.
         assert sock.recv(65536) == b""
         waited = time.monotonic() - t0
-    assert 0.5 < waited < 4  # keep-alive 1 s here; uvicorn's own default is 5
+    # closed by the keep-alive timeout (3 s here), not at once; generous after it
+    assert 1.5 < waited < 60
 
 
 def test_the_default_keepalive_outlives_common_client_pools() -> None:

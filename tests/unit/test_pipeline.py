@@ -56,6 +56,17 @@ async def letters(ids: list[int], options: SamplingOptions) -> AsyncIterator[Req
         )
 
 
+def held_until(gate: asyncio.Event):  # type: ignore[no-untyped-def]
+    """A script that sends one token, then holds its place until `gate` is set."""
+
+    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
+        yield ReqOut([Out(0, "a", [5])])
+        await gate.wait()
+        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+
+    return held
+
+
 def service(
     script=letters,  # type: ignore[no-untyped-def]
     max_inflight: int = 4,
@@ -211,11 +222,7 @@ async def test_echo_sends_the_prompt_first() -> None:
 
 async def test_a_full_server_refuses_at_once_and_a_finished_request_frees_its_place() -> None:
     gate = asyncio.Event()
-
-    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        yield ReqOut([Out(0, "a", [5])])
-        await gate.wait()
-        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+    held = held_until(gate)
 
     svc, _ = service(held, max_inflight=1, max_queue=0)
     req = CompletionRequest(prompt="hi", max_tokens=2, stream=True)
@@ -379,11 +386,7 @@ async def test_a_large_constraint_is_checked_off_the_event_loop(
 
 async def test_a_queued_request_whose_deadline_passes_is_a_504_and_leaves_the_queue() -> None:
     gate = asyncio.Event()
-
-    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        yield ReqOut([Out(0, "a", [5])])
-        await gate.wait()
-        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+    held = held_until(gate)
 
     svc, _ = service(held, max_inflight=1, max_queue=2, request_timeout=0.5)
     req = CompletionRequest(prompt="hi", max_tokens=2, stream=True)
@@ -405,11 +408,7 @@ async def test_a_queued_request_whose_deadline_passes_is_a_504_and_leaves_the_qu
 
 async def test_a_queued_request_whose_client_leaves_frees_its_place_in_the_queue() -> None:
     gate = asyncio.Event()
-
-    async def held(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        yield ReqOut([Out(0, "a", [5])])
-        await gate.wait()
-        yield ReqOut([Out(0, "b", [6], "stop")], finished=True)
+    held = held_until(gate)
 
     svc, _ = service(held, max_inflight=1, max_queue=1)
     holder = await svc.open_stream(
