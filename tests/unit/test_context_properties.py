@@ -94,12 +94,14 @@ def test_the_refusals_say_what_was_asked_and_what_fits() -> None:
         "tokens (61 in the prompt, 10 for the completion). Please reduce the prompt or "
         "the completion length."
     )
+    assert exc.value.param == "prompt" and exc.value.code == "context_length_exceeded"
     with pytest.raises(ContextLengthExceeded) as exc:
         check_max_tokens(LIMIT, LIMIT)
     assert exc.value.message == (
         "max_tokens must be less than this model's maximum context length of 64 tokens "
         "(it leaves no room for a prompt); you requested 64."
     )
+    assert exc.value.param == "max_tokens"
     check_max_tokens(LIMIT - 1, LIMIT)  # one token of room is room
 
 
