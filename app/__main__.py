@@ -9,7 +9,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
+from typing import NoReturn
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,7 +19,7 @@ from fastapi import FastAPI
 from app.api.header_limits import HeaderLimits, protocol_class
 from app.config import Settings
 from app.lifecycle.server import GatewayServer
-from app.lifecycle.startup_checks import ConfigError, startup_settings
+from app.lifecycle.startup_checks import ConfigError, check_stale_engines, startup_settings
 from app.main import create_app
 from app.observability.logs import configure
 
@@ -40,14 +42,25 @@ def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
     )
 
 
+def _refuse(exc: ConfigError) -> NoReturn:
+    for line in exc.lines:
+        print(f"ascend-llm-gateway: {line}", file=sys.stderr)
+    sys.exit(exc.code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGHUP's default action ends the process; until the app's own handler
+    # is installed (app.main: reload), it is only noted.
+    signal.signal(signal.SIGHUP, lambda sig, frame: None)
     try:
         settings = startup_settings(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(f"ascend-llm-gateway: {line}", file=sys.stderr)
-        sys.exit(exc.code)
+        _refuse(exc)
     configure(settings.log_level, settings.log_format)
+    try:
+        check_stale_engines(settings)
+    except ConfigError as exc:
+        _refuse(exc)
     server: GatewayServer | None = None
 
     def on_exit() -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from app.profiles import DEVICE_PROFILES
 
 Device = Literal["auto", "cpu", "npu"]
 Truncation = Literal["left", "error"]
@@ -20,6 +19,10 @@ MAX_STREAM_INTERVAL = 1024
 
 # The fixture built by `make fixture`; real deployments set GATEWAY_MODEL.
 DEFAULT_MODEL = ".cache/models/tiny-mobilellama"
+
+
+def _state_home() -> Path:  # XDG's, else ~/.local/state
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
 
 
 class Settings(BaseSettings):
@@ -184,6 +187,16 @@ class Settings(BaseSettings):
         "timeout must end before it.",
     )
 
+    data_dir: Path = Field(
+        default_factory=lambda: _state_home() / "ascend-llm-gateway",
+        description="State: records of the engine's processes. Default: $XDG_STATE_HOME/...",
+    )
+    stale_engines: Literal["auto", "stop", "refuse"] = Field(
+        "auto",
+        description="A dead gateway's engine found at start: stop it or exit 2 (auto: "
+        "stop on cpu, refuse on npu).",
+    )
+
     chat_template: str | None = Field(
         None,
         description="Chat template for /v1/chat/completions: a shipped name (mobilellama-v1) "
@@ -260,28 +273,3 @@ class Settings(BaseSettings):
     @property
     def model_name(self) -> str:
         return self.model_names[0]
-
-    def engine_kwargs(self, device: str) -> dict[str, Any]:
-        """The engine arguments: profile defaults, then explicit settings, then passthrough."""
-        kwargs: dict[str, Any] = dict(DEVICE_PROFILES[device])
-        for name in (
-            "dtype",
-            "max_model_len",
-            "max_num_seqs",
-            "max_num_batched_tokens",
-            "gpu_memory_utilization",
-            "enforce_eager",
-            "enable_prefix_caching",
-            "enable_chunked_prefill",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                kwargs[name] = value
-        if self.tenants_file is not None:
-            # Priorities reorder the engine's waiting queue too.
-            kwargs["scheduling_policy"] = "priority"
-        kwargs.update(self.engine_args)
-        kwargs["model"] = self.model
-        names = self.model_names
-        kwargs["served_model_name"] = names[0] if len(names) == 1 else names
-        return kwargs

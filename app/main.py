@@ -69,11 +69,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         hup = False
-        if settings.tenants_file is not None:
-            # Not where there are no signals, nor off the main thread (tests).
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, tenancy.reload)
-                hup = True
+        # SIGHUP reloads what is reloadable and never ends the process. Not
+        # where there are no signals, nor off the main thread (tests).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, tenancy.hangup)
+            hup = True
         if engine is None:
             supervisor.start()
         else:

@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 from app.config import Settings
+from app.engine import profiles
 
 
 def engine_kwargs(model: str) -> dict[str, Any]:
-    kwargs = Settings(model=model).engine_kwargs("cpu")
+    kwargs = profiles.engine_kwargs(Settings(model=model), "cpu")
     kwargs["max_model_len"] = 2048
     return kwargs
 

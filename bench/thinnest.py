@@ -61,10 +61,11 @@ class Thinnest:
         from app.engine.vllm import build_engine
 
         await receive()  # startup
-        self.engine = await asyncio.to_thread(build_engine, self.settings, lambda step: None)
+        engine = await asyncio.to_thread(build_engine, self.settings, lambda step: None)
+        self.engine = engine
         await send({"type": "lifespan.startup.complete"})
         await receive()  # shutdown
-        self.engine.shutdown()
+        engine.shutdown()
         await send({"type": "lifespan.shutdown.complete"})
 
     async def completion(self, receive: Any, send: Any) -> None:

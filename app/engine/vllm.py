@@ -45,12 +45,13 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from app.config import Settings
+from app.engine.orphans import Reaper, start_reaper
 from app.engine.preflight import check_npu, package_versions, resolve_device
+from app.engine.profiles import DEVICE_ENV_DEFAULTS, engine_kwargs
 from app.engine.protocol import RequestOutput, SamplingOptions, StructuredOutput, Tokenizer
 from app.errors import EngineFailure, InvalidRequest, Unavailable
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import EngineStep
-from app.profiles import DEVICE_ENV_DEFAULTS
 
 try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
     from vllm.exceptions import VLLMClientError
@@ -76,47 +77,28 @@ class VllmEngine:
     """Adapts AsyncLLM to app.engine.protocol.Engine."""
 
     def __init__(
-        self, llm: AsyncLLM, device: str = "cpu", engine_args: dict[str, Any] | None = None
+        self,
+        llm: AsyncLLM,
+        device: str = "cpu",
+        engine_args: dict[str, Any] | None = None,
+        reaper: Reaper | None = None,
     ):
         self._llm = llm
+        self._reaper = reaper
         self._device = device
         self._engine_args = engine_args or {}
         self._versions = package_versions()
         tokenizer = getattr(llm, "tokenizer", None) or llm.get_tokenizer()
-        self._tokenizer = cast(Tokenizer, tokenizer)
+        self.tokenizer = cast(Tokenizer, tokenizer)
         model_config = llm.model_config
-        self._max_model_len = int(model_config.max_model_len)
-        self._vocab_size = int(model_config.get_vocab_size())
-        self._max_logprobs = int(model_config.max_logprobs)
+        self.max_model_len = int(model_config.max_model_len)
+        self.vocab_size = int(model_config.get_vocab_size())
+        self.max_logprobs = int(model_config.max_logprobs)
         scheduler = llm.vllm_config.scheduler_config
-        self._max_num_seqs = int(scheduler.max_num_seqs)
+        self.max_num_seqs = int(scheduler.max_num_seqs)
         # Only a priority scheduler takes a priority (vLLM refuses it otherwise).
         self._by_priority = str(getattr(scheduler, "policy", "fcfs")) == "priority"
-        self._bos_token_id = getattr(tokenizer, "bos_token_id", None)
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def max_num_seqs(self) -> int:
-        return self._max_num_seqs
-
-    @property
-    def max_logprobs(self) -> int:
-        return self._max_logprobs
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._bos_token_id
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
 
     @property
     def errored(self) -> bool:
@@ -169,8 +151,8 @@ class VllmEngine:
         return {
             "device": self._device,
             "engine_args": self._engine_args,
-            "max_model_len": self._max_model_len,
-            "max_num_seqs": self._max_num_seqs,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
             "graph": {
                 "cudagraph_mode": str(getattr(compilation, "cudagraph_mode", None)),
                 "capture_sizes": list(getattr(compilation, "cudagraph_capture_sizes", None) or []),
@@ -179,16 +161,18 @@ class VllmEngine:
         }
 
     def shutdown(self) -> None:
-        # vLLM waits 5 s for the engine core and its worker to exit, then
-        # kills them, leaking their shared memory (a warning and an ERROR in
-        # the log). On a loaded node the worker took longer than that (seen
-        # on the 2-core CI machine with both cores busy); the chart's grace
-        # period leaves 15 s for this after the drain. vLLM 0.18's shutdown
-        # takes no timeout.
-        if "timeout" in inspect.signature(self._llm.shutdown).parameters:
-            self._llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT)
-        else:
-            self._llm.shutdown()
+        # vLLM waits 5 s for the engine core and its worker, then kills them
+        # (leaked shared memory, an ERROR); a loaded node's worker took
+        # longer. The chart's grace leaves 15 s after the drain. 0.18 takes
+        # no timeout.
+        try:
+            if "timeout" in inspect.signature(self._llm.shutdown).parameters:
+                self._llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT)
+            else:
+                self._llm.shutdown()
+        finally:
+            if self._reaper is not None:
+                self._reaper.finish()
 
 
 def _sampling_params(options: SamplingOptions) -> SamplingParams:
@@ -282,19 +266,25 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     serving health checks meanwhile.
     """
     device = resolve_device(settings.device)
-    kwargs = settings.engine_kwargs(device)
+    kwargs = engine_kwargs(settings, device)
     if device == "npu":
         check_npu(Path(settings.model), int(kwargs.get("tensor_parallel_size", 1)))
     for name, value in DEVICE_ENV_DEFAULTS[device].items():
         os.environ.setdefault(name, value)  # inherited by the engine-core process
+    # Started before the engine: a gateway killed while loading leaves none behind.
+    reaper = start_reaper(settings.data_dir)
     logger.info("building engine on %s with %s", device, kwargs)
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
     step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
     # A PrometheusStatLogger subclass among them takes the default one's place.
     loggers: list[Any] = [step_logger, _PrometheusLogger]
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=loggers)
+    try:
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=loggers)
+    except BaseException:
+        reaper.finish()
+        raise
     # vLLM reads its VLLM_* variables from os.environ on every access, several
     # per engine step on the output path (~5% of this process's Python there
     # at c=1). Its engine core caches them once started; so do we, here.
     vllm_envs.enable_envs_cache()
-    return VllmEngine(llm, device, kwargs)
+    return VllmEngine(llm, device, kwargs, reaper)

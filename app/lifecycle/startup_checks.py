@@ -6,12 +6,15 @@ line that names the variable or flag, what was wrong and what is accepted
 - the model's own context limit against GATEWAY_MAX_MODEL_LEN;
 - VLLM_* variables in URI form (Kubernetes service links of a Service
   named `vllm`), which vLLM refuses when the engine starts;
-- on `GATEWAY_DEVICE=npu`, the NPU preflight, before vLLM is imported.
+- on `GATEWAY_DEVICE=npu`, the NPU preflight, before vLLM is imported;
+- engine processes a dead gateway left running (app.engine.orphans): stopped
+  with one line naming them, or refused (GATEWAY_STALE_ENGINES).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -23,7 +26,10 @@ from pydantic_settings import SettingsError
 
 from app.completion.chat_template import SHIPPED
 from app.config import Settings
+from app.engine.orphans import find_stale, stop_stale
 from app.engine.preflight import PreflightError, check_npu
+
+logger = logging.getLogger(__name__)
 
 USAGE_ERROR = 2  # a configuration the operator must fix (like argparse's)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -112,6 +118,35 @@ def check_device(settings: Settings) -> None:
         check_npu(Path(settings.model), tp)
     except PreflightError as exc:
         raise ConfigError([str(exc)], code=1) from None
+
+
+def check_stale_engines(settings: Settings) -> None:
+    """A previous gateway's engine still running (it would hold the device):
+    stop it, or refuse to start. After logging is configured: the line of a
+    stop is a log record."""
+    stale = find_stale(settings.data_dir)
+    if not stale:
+        return
+    policy = settings.stale_engines
+    if policy == "auto":
+        policy = "refuse" if settings.device == "npu" else "stop"
+    if policy == "refuse":
+        raise ConfigError(
+            [
+                f"engine processes {sorted(e.procs)} of gateway {e.gateway}, which is gone, "
+                f"still run and may hold the device ({e.record}); stop them (kill "
+                f"{' '.join(map(str, sorted(e.procs)))}) or set GATEWAY_STALE_ENGINES=stop"
+                for e in stale
+            ]
+        )
+    for e in stale:
+        pids = stop_stale(e)
+        logger.warning(
+            "stopped engine processes %s left running by gateway %d, which is gone (%s)",
+            pids,
+            e.gateway,
+            e.record,
+        )
 
 
 def startup_settings(argv: list[str], environ: Mapping[str, str] = os.environ) -> Settings:

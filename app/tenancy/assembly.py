@@ -33,8 +33,15 @@ class Tenancy:
     metrics: TenantMetrics | None
     settings: Settings
 
+    def hangup(self) -> None:
+        """SIGHUP: reload what is reloadable; say so when nothing is."""
+        if self.settings.tenants_file is None:
+            logger.info("SIGHUP: nothing to reload (no GATEWAY_TENANTS_FILE)")
+            return
+        self.reload()
+
     def reload(self) -> None:
-        """SIGHUP: read the tenants file again, or keep the old book."""
+        """Read the tenants file again, or keep the old book."""
         try:
             self.book.reload()
         except TenantsFileError as exc:

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from app.config import Settings
+from app.engine.profiles import engine_kwargs
 from app.observability.metrics import Metrics
 from app.observability.tenant_metrics import TenantMetrics
 from tests.deploy.test_fleet import refused
@@ -165,7 +166,7 @@ def test_310p_values_ask_for_the_310p_and_a_graph_mode_it_supports() -> None:
         max_model_len=int(data["GATEWAY_MAX_MODEL_LEN"]),
         dtype=data["GATEWAY_DTYPE"],
     )
-    kwargs = settings.engine_kwargs("npu")
+    kwargs = engine_kwargs(settings, "npu")
     assert kwargs["compilation_config"] == {"cudagraph_mode": "FULL_DECODE_ONLY"}
     assert kwargs["dtype"] == "float16" and kwargs["max_model_len"] == 2048
     assert "vllm-ascend:v0.18.0-310p" in (DOCKER / "Dockerfile.ascend").read_text()

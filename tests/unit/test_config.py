@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from app.config import Settings
-from app.profiles import DEVICE_PROFILES
+from app.engine.profiles import DEVICE_PROFILES, engine_kwargs
 from tests.support.gateway import ROOT
 
 
@@ -55,13 +55,13 @@ def test_engine_kwargs_layer_profile_then_settings_then_passthrough() -> None:
         max_num_seqs=8,
         engine_args={"max_num_batched_tokens": 4096, "seed": 1},
     )
-    npu = s.engine_kwargs("npu")
+    npu = engine_kwargs(s, "npu")
     assert npu["dtype"] == "float16" and npu["enable_prefix_caching"] is True
     assert npu["compilation_config"] == {"cudagraph_mode": "PIECEWISE"}
     assert npu["max_num_seqs"] == 8  # explicit setting beats the profile
     assert npu["max_num_batched_tokens"] == 4096  # passthrough beats both
     assert npu["served_model_name"] == "MobileLLaMA-1.4B-Base"
-    cpu = s.engine_kwargs("cpu")
+    cpu = engine_kwargs(s, "cpu")
     assert cpu["enforce_eager"] is True and cpu["gpu_memory_utilization"] < 0.5
     assert DEVICE_PROFILES["npu"]["max_num_batched_tokens"] == 8192  # profile untouched
 
@@ -84,7 +84,7 @@ def test_auto_device_is_cpu_without_torch_npu() -> None:
 
 def test_profiles_yield_exactly_the_expected_engine_arguments() -> None:
     s = Settings(model="/models/MobileLLaMA-1.4B-Base")
-    assert s.engine_kwargs("npu") == {
+    assert engine_kwargs(s, "npu") == {
         "model": "/models/MobileLLaMA-1.4B-Base",
         "served_model_name": "MobileLLaMA-1.4B-Base",
         "dtype": "float16",
@@ -95,7 +95,7 @@ def test_profiles_yield_exactly_the_expected_engine_arguments() -> None:
         "max_num_batched_tokens": 8192,
         "compilation_config": {"cudagraph_mode": "PIECEWISE"},
     }
-    assert s.engine_kwargs("cpu") == {
+    assert engine_kwargs(s, "cpu") == {
         "model": "/models/MobileLLaMA-1.4B-Base",
         "served_model_name": "MobileLLaMA-1.4B-Base",
         "dtype": "bfloat16",
@@ -117,6 +117,6 @@ def test_graph_mode_is_overridable_through_engine_args() -> None:
         },
         enforce_eager=False,
     )
-    kwargs = s.engine_kwargs("npu")
+    kwargs = engine_kwargs(s, "npu")
     assert kwargs["compilation_config"]["cudagraph_mode"] == "FULL_DECODE_ONLY"
     assert kwargs["compilation_config"]["cudagraph_capture_sizes"] == [1, 2, 4, 8]

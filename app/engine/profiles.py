@@ -1,9 +1,11 @@
-"""Engine defaults per device, and environment defaults per device. A leaf:
-it imports nothing from the app."""
+"""Engine defaults per device, environment defaults per device, and the
+engine arguments they make with the settings."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from app.config import Settings
 
 # Engine defaults per device. Anything set explicitly in Settings wins.
 DEVICE_PROFILES: dict[str, dict[str, Any]] = {
@@ -41,3 +43,29 @@ DEVICE_ENV_DEFAULTS: dict[str, dict[str, str]] = {
     # and otherwise takes ~12 GiB per engine (two engines exhausted 24 GiB).
     "cpu": {"VLLM_CPU_KVCACHE_SPACE": "1"},
 }
+
+
+def engine_kwargs(settings: Settings, device: str) -> dict[str, Any]:
+    """The engine arguments: profile defaults, then explicit settings, then passthrough."""
+    kwargs: dict[str, Any] = dict(DEVICE_PROFILES[device])
+    for name in (
+        "dtype",
+        "max_model_len",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "gpu_memory_utilization",
+        "enforce_eager",
+        "enable_prefix_caching",
+        "enable_chunked_prefill",
+    ):
+        value = getattr(settings, name)
+        if value is not None:
+            kwargs[name] = value
+    if settings.tenants_file is not None:
+        # Priorities reorder the engine's waiting queue too.
+        kwargs["scheduling_policy"] = "priority"
+    kwargs.update(settings.engine_args)
+    kwargs["model"] = settings.model
+    names = settings.model_names
+    kwargs["served_model_name"] = names[0] if len(names) == 1 else names
+    return kwargs
