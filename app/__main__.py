@@ -22,6 +22,7 @@ from app.lifecycle.server import GatewayServer
 from app.lifecycle.startup_checks import ConfigError, check_stale_engines, startup_settings
 from app.main import create_app
 from app.observability.logs import configure
+from app.tenancy.tenants import TenantsFileError
 
 
 def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
@@ -35,7 +36,7 @@ def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         log_config=None,  # ours, from app.observability.logs
         http=protocol_class(
             HeaderLimits(settings.max_header_bytes, settings.max_headers, settings.header_timeout),
-            on_reject=app.state.rejections.count,
+            on_reject=app.state.refused_early,
         ),
         timeout_keep_alive=settings.keepalive_timeout,
         timeout_graceful_shutdown=5,
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.stop()
 
-    app = create_app(settings, on_exit=on_exit)
+    try:
+        app = create_app(settings, on_exit=on_exit)
+    except (TenantsFileError, OSError) as exc:  # the tenants or key file
+        _refuse(ConfigError([str(exc)]))
     server = GatewayServer(uvicorn_config(settings, app), app.state.supervisor)
     server.run()
     # The engine and its processes are down. Run the exit handlers, then skip

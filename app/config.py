@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     reserve_priority: int = Field(
         0, description="The least urgent priority that may take the reserved places."
     )
+    default_min_priority: int | None = Field(
+        None,
+        description="Most urgent priority of unnamed keys and anonymous callers; "
+        "default: reserve_priority + 1 (the reserve is for the tenants file's).",
+    )
 
     # Limits and admission.
     max_inflight: int = Field(256, ge=1, description="Requests in the engine at once.")
@@ -264,6 +269,12 @@ class Settings(BaseSettings):
     def rate_limit_burst_or_default(self) -> int:
         """The burst a key may send at once: as set, else 10 s of its rate."""
         return self.rate_limit_burst or max(1, self.rate_limit_rpm // 6)
+
+    @property
+    def priority_floor(self) -> int:
+        """The most urgent priority a caller without a tenants-file entry gets."""
+        m = self.default_min_priority
+        return self.reserve_priority + 1 if m is None else m
 
     @property
     def model_names(self) -> list[str]:

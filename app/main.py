@@ -26,10 +26,12 @@ from app.api.routes import metrics as metrics_routes
 from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.config import Settings
 from app.engine.protocol import Engine
+from app.errors import GatewayError
 from app.lifecycle.supervisor import Supervisor
 from app.observability.metrics import EngineStep, Metrics
 from app.observability.tracing import Tracing, tracing_configured
 from app.tenancy.assembly import build_tenancy
+from app.tenancy.budgets import RATE_HEADERS
 
 
 def create_app(
@@ -93,6 +95,16 @@ def create_app(
     app.state.supervisor = supervisor
     app.state.tenancy = tenancy
     rejections = app.state.rejections = Rejections(metrics)
+    ledger = tenancy.ledger
+
+    def refused_early(error: GatewayError) -> None:
+        """A 431/408 the HTTP parser sent (app.api.header_limits)."""
+        rejections.count(error)
+        if ledger is not None:
+            status = int(error.status)
+            ledger.refused_early(status, "timeout" if status == 408 else "rejected")
+
+    app.state.refused_early = refused_early
     install_error_handlers(app, rejections)
     for module in (completions, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
@@ -128,6 +140,7 @@ def create_app(
                 "X-Request-Id",
                 TRUNCATED_HEADER,
                 TRUNCATED_MESSAGES_HEADER,
+                *RATE_HEADERS,  # a browser app reads its tenant's budgets
             ],
         )
     if tenancy.ledger is not None or tracing is not None:

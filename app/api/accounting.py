@@ -60,7 +60,7 @@ class Accounting:
                     if not any(k.lower() in _LIMIT_HEADERS for k, _ in headers):
                         charge = record.charge if record is not None else None
                         limits = charge.headers if charge is not None else {}
-                        limits = limits or ledger.last_headers.get(tenant.name, {})
+                        limits = limits or ledger.headers_now(tenant)
                         headers += [(k.encode(), v.encode()) for k, v in limits.items()]
                         message["headers"] = headers
             await send(message)

@@ -7,13 +7,20 @@ Who gets a freed place: the most urgent priority waiting (lower is sooner,
 vLLM's convention); within it, the flow (tenant) with the least weighted
 tokens served, a virtual token counter (Sheng et al., "Fairness in Serving
 Large Language Models", OSDI 2024): each place charges its flow
-`cost / weight` when it starts (the prompt) and is settled to the real
-usage when it ends (prompt and output); not `max_tokens` up front, which a
-newcomer's counter would be lifted to and the settle then take back. A flow
-that comes back from idle (nothing waiting, nothing running) is lifted to
-the least counter still waiting (or the last one served), so idleness banks
-no credit. One flow alone is served
-oldest first, as before.
+`cost / weight` when it starts (the prompt), one token per engine step
+while it runs (`step()`, the output as it is generated: a flow with long
+outputs does not take every freed place while its requests still run), and
+is settled to the real usage when it ends; not `max_tokens` up front, which
+a newcomer's counter would be lifted to and the settle then take back. A
+flow with nothing waiting and nothing running is lifted, whichever way it
+enters (a free place or the queue), to the least counter of the flows that
+are waiting or running (or the last one served), so idleness banks no
+credit and a newcomer does not take every place from flows served for days.
+One flow alone is served oldest first, as before.
+
+With shares (tenants), the queue is shared by weight: a flow may hold at
+most `max(1, max_queue * share)` waiting places, and is refused (429
+`queue_share_exceeded`) beyond that while others are under theirs.
 
 A reserve keeps `reserve` of the general places for the urgent: a request
 whose priority is above `reserve_priority` starts only while fewer than
@@ -26,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Hashable
 
-from app.errors import Overloaded
+from app.errors import Overloaded, RateLimited
 
 
 class Place:
@@ -44,6 +51,7 @@ class Place:
         "queued",
         "running",
         "started",
+        "steps",
         "used",
         "weight",
     )
@@ -69,6 +77,7 @@ class Place:
         self.enqueued: float | None = None  # monotonic: when it joined the queue, if it did
         self.started: float | None = None  # monotonic: when it started running
         self.used: int | None = None  # tokens really used, set before release()
+        self.steps = 0  # the admission's step count when it started
 
     async def wait(self) -> None:
         """Return once the place is running (at once if it already is)."""
@@ -101,8 +110,11 @@ class Place:
             admission.running -= 1
             admission._ran(self.flow)
             used = self.used
-            if used is not None and used != self.cost:
-                admission._charge(self.flow, used - self.cost, self.weight)
+            if used is not None:
+                # Charged so far: the cost, and a token per step it ran.
+                charged = self.cost + admission.steps - self.steps
+                if used != charged:
+                    admission._charge(self.flow, used - charged, self.weight)
             admission._dispatch()
 
 
@@ -132,11 +144,21 @@ class Admission:
         self._vt: dict[Hashable, float] = {}  # flow -> weighted tokens served
         self._running: dict[Hashable, int] = {}  # flow -> its places running now
         self._last_vt = 0.0  # the counter of the flow served last
+        self._weights: dict[Hashable, float] = {}  # flow -> weight, while it runs
+        self.steps = 0  # engine steps seen (step())
 
     def _limit(self, priority: int) -> int:
         if priority <= self.reserve_priority:
             return self.max_inflight
         return self.general_limit
+
+    def step(self) -> None:
+        """One engine step: each running place generated (about) one token;
+        charge its flow now. Per step and flow, never per token."""
+        self.steps += 1
+        vt, weights = self._vt, self._weights
+        for flow, n in self._running.items():
+            vt[flow] = vt.get(flow, 0.0) + n / weights[flow]
 
     def enter(
         self,
@@ -145,17 +167,30 @@ class Admission:
         flow: Hashable = None,
         cost: int | None = None,
         weight: float = 1.0,
+        share: float | None = None,
     ) -> Place:
         """Decide now: a running place, a queued one, or Overloaded. `cost`
-        (default: the prompt tokens) is what the flow is charged on starting."""
+        (default: the prompt tokens) is what the flow is charged on starting;
+        `share` (0-1) the part of the queue the flow may hold."""
         place = Place(
             self, prompt_tokens, priority, flow, prompt_tokens if cost is None else cost, weight
         )
+        if not self._running.get(flow) and not self._backlogged(flow):
+            self._lift(flow)
         # Whatever waits now cannot start (the places above its limit are
         # taken): a request whose own limit has room goes ahead of it.
         if self.running < self._limit(priority):
             self._start(place)
             return place
+        if share is not None:
+            mine = max(1, int(self.max_queue * share))
+            if self._waiting(flow) >= mine:
+                raise RateLimited(
+                    f"This tenant has {mine} requests waiting, its share of the queue "
+                    "(by weight); retry when one starts.",
+                    retry_after=1,
+                    code="queue_share_exceeded",
+                )
         if self.queued >= self.max_queue:
             raise Overloaded(
                 f"The server is at capacity ({self.running} requests running, "
@@ -171,21 +206,25 @@ class Admission:
         waiting = level.get(flow)
         if waiting is None:
             waiting = level[flow] = deque()
-            if not self._running.get(flow) and not self._backlogged(flow):
-                # Back from idle: no credit for the time away. (A flow with
-                # places running is not idle: their output is charged when
-                # they end, so its counter lags by design.)
-                floor = min(
-                    (self._vt.get(f, 0.0) for lv in self._levels.values() for f in lv if f != flow),
-                    default=self._last_vt,
-                )
-                if self._vt.get(flow, 0.0) < floor:
-                    self._vt[flow] = floor
         waiting.append(place)
         return place
 
+    def _lift(self, flow: Hashable) -> None:
+        """Back from idle: no credit for the time away. The floor is the
+        least counter of the flows waiting or running (a flow with places
+        running is not idle), else the last one served."""
+        vt = self._vt
+        active = {f for lv in self._levels.values() for f in lv} | self._running.keys()
+        active.discard(flow)
+        floor = min((vt.get(f, 0.0) for f in active), default=self._last_vt)
+        if vt.get(flow, 0.0) < floor:
+            vt[flow] = floor
+
     def _backlogged(self, flow: Hashable) -> bool:
         return any(flow in level and level[flow] for level in self._levels.values())
+
+    def _waiting(self, flow: Hashable) -> int:
+        return sum(len(level[flow]) for level in self._levels.values() if flow in level)
 
     def _charge(self, flow: Hashable, tokens: float, weight: float) -> None:
         self._vt[flow] = self._vt.get(flow, 0.0) + tokens / weight
@@ -194,8 +233,10 @@ class Admission:
         self.running += 1
         flow = place.flow
         self._running[flow] = self._running.get(flow, 0) + 1
+        self._weights[flow] = place.weight
         place.running = True
         place.started = time.monotonic()
+        place.steps = self.steps
         self._charge(place.flow, place.cost, place.weight)
         self._last_vt = self._vt[place.flow]
 
@@ -205,6 +246,7 @@ class Admission:
             self._running[flow] = left
         else:
             del self._running[flow]
+            del self._weights[flow]
 
     def _leave(self, place: Place) -> None:
         """A queued place leaves the queue (started, cancelled or released)."""

@@ -49,7 +49,7 @@ class Runner:
         if self.broken is not None:
             raise self.broken
         place = self.admission.enter(
-            prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight
+            prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight, share=prep.share
         )
         generation = Generation(self, prep, place)
         self.generations.add(generation)

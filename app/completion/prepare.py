@@ -163,10 +163,12 @@ class Preparer:
         )
         if tenant is not None:
             prep.priority = tenant.priority(req.priority)
-            if tenant.named:  # plain API keys share one first-come queue, as before
-                prep.flow, prep.weight = tenant.identity, tenant.weight
-        elif req.priority is not None:
-            prep.priority = req.priority
+            # Plain API keys share one flow (first-come within it).
+            prep.flow = tenant.identity if tenant.named else None
+            prep.weight, prep.share = tenant.weight, tenant.share
+        else:  # anonymous: never above the floor (the reserve is not for them)
+            floor = self.settings.priority_floor
+            prep.priority = max(floor, req.priority if req.priority is not None else floor)
         if options.structured is not None:
             self.metrics.structured_requests.labels(
                 self.metrics.model, options.structured.kind

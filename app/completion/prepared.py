@@ -46,6 +46,7 @@ class PreparedCompletion:
     priority: int = 0  # effective (lower is sooner): in our queue and the engine's
     flow: Hashable = None  # whose share it takes in fair queueing (its tenant)
     weight: float = 1.0  # the flow's weight
+    share: float | None = None  # the part of the queue the flow may hold (tenants)
     record: RequestRecord | None = None  # what the usage log, budgets and traces are told
 
     @property

@@ -47,6 +47,7 @@ class Supervisor:
         metrics.declare_phases([p.value for p in Phase], self.lifecycle.phase.value)
         self.lifecycle.listeners.append(metrics.phase_changed)
         self.service: CompletionService | None = None
+        self.admission: Admission | None = None  # its counters charge output per step
         self.engine: Engine | None = None
         self.exit_code = 0
         self.inflight = InFlight()  # requests being served (see app.api.middleware)
@@ -83,6 +84,7 @@ class Supervisor:
                 engine_slots=engine.max_num_seqs,
             )
             self.metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
+            self.admission = admission
             service = CompletionService(engine, s, self.metrics, admission, self.ledger)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
@@ -100,6 +102,8 @@ class Supervisor:
         """Once per engine step, from vLLM's stat logger (on the event loop);
         None when the step came without scheduler stats."""
         self.watchdog.heartbeat()
+        if self.admission is not None:
+            self.admission.step()
         if step is not None:
             self.metrics.engine_step(step)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import FIRST_TOKEN_BUCKETS
@@ -64,6 +64,14 @@ class TenantMetrics:
         )
         for result in ("ok", "refused"):
             self.reloads.labels(model, result)
+        # Counted on the usage log's writer thread: prometheus_client's own
+        # (locked) counter, not a loop one.
+        self.usage_log_errors = Counter(
+            "gateway_usage_log_errors_total",
+            "Usage-log lines that could not be written (disk full, file gone, ...).",
+            ["model"],
+            registry=registry,
+        ).labels(model)
         self._priorities: set[int] = set()
 
     def declare(

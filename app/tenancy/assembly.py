@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def _priorities(tenants: list[Tenant], settings: Settings) -> list[int]:
     """The priority values that get their own label (bounded by the file)."""
-    values = {0, settings.reserve_priority}
+    values = {0, settings.reserve_priority, settings.priority_floor}
     for t in tenants:
         values |= {t.default_priority, t.min_priority}
     return sorted(values)
@@ -35,17 +35,21 @@ class Tenancy:
 
     def hangup(self) -> None:
         """SIGHUP: reload what is reloadable; say so when nothing is."""
-        if self.settings.tenants_file is None:
+        usage_log = self.ledger.usage_log if self.ledger is not None else None
+        if usage_log is not None:
+            usage_log.reopen()  # after logrotate's rename
+        if self.settings.tenants_file is not None:
+            self.reload()
+        elif usage_log is None:
             logger.info("SIGHUP: nothing to reload (no GATEWAY_TENANTS_FILE)")
-            return
-        self.reload()
 
     def reload(self) -> None:
         """Read the tenants file again, or keep the old book."""
         try:
             self.book.reload()
-        except TenantsFileError as exc:
-            logger.error("tenants file not reloaded, the previous one stays: %s", exc)
+        except Exception as exc:  # TenantsFileError; anything else is a defect, still one line
+            why = exc if isinstance(exc, TenantsFileError) else f"{type(exc).__name__}: {exc}"
+            logger.error("tenants file not reloaded, the previous one stays: %s", why)
             if self.metrics is not None:
                 self.metrics.reloads.labels(self.metrics.model, "refused").inc()
             return
@@ -58,7 +62,13 @@ class Tenancy:
 
 def build_tenancy(settings: Settings, plain: list[bytes], registry: CollectorRegistry) -> Tenancy:
     """Raises TenantsFileError for a bad tenants file."""
-    book = TenantBook(settings.tenants_file, plain)
+    book = TenantBook(settings.tenants_file, plain, settings.priority_floor)
+    if settings.tenants_file is not None and not book.tenants:
+        logger.warning(
+            "the tenants file %s names nobody yet: every /v1 request needs a key%s",
+            settings.tenants_file,
+            " from GATEWAY_API_KEYS" if plain else "; none will pass until a reload adds one",
+        )
     if settings.tenants_file is None and settings.usage_log is None:
         return Tenancy(book, None, None, settings)
     metrics = TenantMetrics(registry, settings.model_name)
@@ -69,6 +79,8 @@ def build_tenancy(settings: Settings, plain: list[bytes], registry: CollectorReg
             fail_open=settings.quota_fail == "open",
             on_state=lambda up: metrics.store_up.set(1 if up else 0),
         )
-    usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
+    usage_log = (
+        UsageLog(settings.usage_log, metrics.usage_log_errors.inc) if settings.usage_log else None
+    )
     ledger = Ledger(metrics, store, usage_log, book.names, _priorities(book.tenants, settings))
     return Tenancy(book, ledger, metrics, settings)

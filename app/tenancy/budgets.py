@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.errors import BudgetExceeded
+from app.errors import BudgetExceeded, InvalidRequest
 from app.tenancy.tenants import Tenant
 
 MINUTE = 60
@@ -61,15 +61,25 @@ class Verdict:
 
     counts: tuple[int, ...]
     refused: int | None = None
+    local: bool = False  # charged on this process's own counters (the fleet's unreachable)
 
 
 class QuotaStore(Protocol):
-    async def charge(self, windows: list[Window]) -> Verdict:
+    async def charge(self, windows: list[Window], charge_id: str = "") -> Verdict:
         """Atomically: if every window has room for its `add`, add them all."""
         ...
 
-    async def refund(self, windows: list[Window], tokens: int) -> None:
-        """Give `tokens` back to each token window (the request used less)."""
+    async def refund(
+        self,
+        windows: list[Window],
+        tokens: int,
+        *,
+        requests: int = 0,
+        charge_id: str = "",
+        local: bool = False,
+    ) -> None:
+        """Give `tokens` back to each token window and `requests` to each
+        request window, in the store the charge was taken in (`local`)."""
         ...
 
 
@@ -85,15 +95,24 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
+RATE_HEADERS = tuple(
+    f"x-ratelimit-{what}-{unit}"
+    for unit in ("tokens", "requests")
+    for what in ("limit", "remaining", "reset", "budget")
+)
+
+
 def rate_headers(windows: list[Window], counts: tuple[int, ...]) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers: tokens from the per-minute window (the
-    per-day one when that is the only token budget), and requests."""
+    """OpenAI's x-ratelimit-* headers, of the binding budget of each unit
+    (the one with the least left: the day's once it is nearly spent), named
+    in x-ratelimit-budget-*."""
     headers: dict[str, str] = {}
     for unit in ("tokens", "requests"):
         mine = [(w, c) for w, c in zip(windows, counts, strict=True) if w.unit == unit]
         if not mine:
             continue
-        w, c = mine[0]
+        w, c = min(mine, key=lambda wc: wc[0].limit - wc[1])
+        headers[f"x-ratelimit-budget-{unit}"] = w.budget
         headers[f"x-ratelimit-limit-{unit}"] = str(w.limit)
         headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, w.limit - c))
         headers[f"x-ratelimit-reset-{unit}"] = _duration(w.reset)
@@ -108,6 +127,8 @@ class Charge:
     windows: list[Window]
     tokens: int
     headers: dict[str, str]
+    id: str = ""  # the store's idempotency key for this charge
+    local: bool = False  # taken on this process's own counters: refunded there
     settled: bool = False
 
 
@@ -134,6 +155,20 @@ class Concurrency:
     def leave(self, tenant: Tenant) -> None:
         if tenant.max_concurrent is not None:
             self.counts[tenant.name] = max(0, self.counts.get(tenant.name, 0) - 1)
+
+
+def too_large(windows: list[Window]) -> None:
+    """A 400 for a request whose reservation alone is above a whole token
+    budget: a 429's Retry-After could never help it."""
+    for w in windows:
+        if w.unit == "tokens" and w.add > w.limit:
+            raise InvalidRequest(
+                f"This request reserves {w.add} tokens (its prompt plus max_tokens for "
+                f"every choice), more than the whole {w.budget} budget ({w.limit}): no "
+                "retry can fit it. Send a smaller max_tokens (or n, or prompt).",
+                param="max_tokens",
+                code="budget_too_small",
+            )
 
 
 def refusal(window: Window, count: int, headers: dict[str, str]) -> BudgetExceeded:

@@ -12,17 +12,31 @@ the text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import queue
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from app.errors import GatewayError
 from app.observability.record import OUTCOMES, RequestRecord
 from app.observability.tenant_metrics import TenantMetrics
-from app.tenancy.budgets import Charge, Concurrency, QuotaStore, rate_headers, refusal, windows
+from app.tenancy.budgets import (
+    Charge,
+    Concurrency,
+    QuotaStore,
+    Window,
+    rate_headers,
+    refusal,
+    too_large,
+    windows,
+)
 from app.tenancy.quota import MemoryStore
 from app.tenancy.tenants import UNNAMED, Tenant
 
@@ -30,24 +44,79 @@ logger = logging.getLogger(__name__)
 
 
 class UsageLog:
-    """JSON lines to a file (appended) or to standard output (`-`)."""
+    """JSON lines to a file (appended) or to standard output (`-`), written on
+    a thread of its own (a slow or failing disk never holds the event loop).
+    `reopen()` (SIGHUP) opens the path again: logrotate's rename, then a new
+    file. A line that cannot be written is counted; the log says so once per
+    outage, and once when writing works again."""
 
-    def __init__(self, target: str):
-        self._own = target != "-"
-        self._out: IO[str] = (
-            open(Path(target), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            if self._own
-            else sys.stdout
-        )
+    def __init__(self, target: str, on_error: Callable[[], None] = lambda: None):
+        self._path = None if target == "-" else Path(target)
+        self._on_error = on_error
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._out: IO[str] | None = None
+        self._ok = True
+        self._thread = threading.Thread(target=self._run, name="usage-log", daemon=True)
+        self._thread.start()
 
     def write(self, line: dict[str, Any]) -> None:
-        self._out.write(json.dumps(line, separators=(",", ":")) + "\n")
-        if not self._own:
-            self._out.flush()
+        self._queue.put(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def reopen(self) -> None:
+        self._queue.put(_REOPEN)
 
     def close(self) -> None:
-        if self._own:
-            self._out.close()
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while not self._queue.empty():  # what came meanwhile: one flush
+                batch.append(self._queue.get())
+            lines = [x for x in batch if x is not None and x is not _REOPEN]
+            if any(x is _REOPEN for x in batch):
+                self._close_file()
+            if lines:
+                self._write("".join(lines), len(lines))
+            if None in batch:
+                self._close_file()
+                return
+
+    def _write(self, text: str, count: int) -> None:
+        try:
+            if self._out is None:
+                self._out = (
+                    open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+                    if self._path is not None
+                    else sys.stdout
+                )
+            self._out.write(text)
+            self._out.flush()
+        except (OSError, ValueError) as exc:
+            for _ in range(count):
+                self._on_error()
+            if self._ok:
+                self._ok = False
+                logger.error("usage log %s: lines not written (%s)", self._path or "-", exc)
+            self._close_file()
+            return
+        if not self._ok:
+            self._ok = True
+            logger.warning("usage log %s: writing again", self._path or "-")
+
+    def _close_file(self) -> None:
+        out, self._out = self._out, None
+        if out is not None and self._path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                out.close()
+
+
+_REOPEN = "\0reopen"  # never a JSON line
+
+
+# Outcomes where this server refused work it had charged for.
+_OURS = frozenset(("overloaded", "throttled", "unavailable"))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -68,12 +137,15 @@ class Ledger:
         self.usage_log = usage_log
         self.concurrency = Concurrency()
         self._pending: set[asyncio.Task[None]] = set()
-        self.last_headers: dict[str, dict[str, str]] = {}  # tenant -> its last x-ratelimit-*
+        # tenant -> its last charge's windows and their counts (for headers)
+        self.last_counts: dict[str, tuple[list[Window], tuple[int, ...]]] = {}
         self.set_tenants(tenant_names, priorities)
 
     def set_tenants(self, names: list[str], priorities: list[int]) -> None:
         """The label values (the file's names, and `default` for the rest)."""
-        self.labels = {*names, UNNAMED}
+        # A tenant a reload removed keeps its label: its requests in flight
+        # are counted under its name, as the usage log names them.
+        self.labels = {*getattr(self, "labels", ()), *names, UNNAMED}
         self.metrics.declare(self.labels, OUTCOMES, priorities)
 
     def label(self, tenant: Tenant | None) -> str:
@@ -91,20 +163,30 @@ class Ledger:
         try:
             self.concurrency.enter(tenant)
         except GatewayError:
-            metrics.throttled.labels(metrics.model, tenant.name, "max_concurrent").inc()
+            metrics.throttled.labels(metrics.model, self.label(tenant), "max_concurrent").inc()
             raise
         record.concurrent = True
         ws = windows(tenant, tokens, time.time())
         if not ws or self.store is None:
             return
-        verdict = await self.store.charge(ws)
+        too_large(ws)  # a 400: no retry could make it fit
+        charge_id = uuid.uuid4().hex
+        verdict = await self.store.charge(ws, charge_id)
         headers = rate_headers(ws, verdict.counts)
-        self.last_headers[tenant.name] = headers
+        self.last_counts[tenant.name] = (ws, verdict.counts)
         if verdict.refused is not None:
             i = verdict.refused
-            metrics.throttled.labels(metrics.model, tenant.name, ws[i].budget).inc()
+            metrics.throttled.labels(metrics.model, self.label(tenant), ws[i].budget).inc()
             raise refusal(ws[i], verdict.counts[i], headers)
-        record.charge = Charge(tenant, ws, tokens, headers)
+        record.charge = Charge(tenant, ws, tokens, headers, charge_id, verdict.local)
+
+    def headers_now(self, tenant: Tenant) -> dict[str, str]:
+        """x-ratelimit-* for an answer that charged nothing: the tenant's last
+        counts where their windows are still the current ones, else full."""
+        ws = windows(tenant, 0, time.time())
+        last = self.last_counts.get(tenant.name)
+        counts = dict(zip((w.key for w in last[0]), last[1], strict=True)) if last else {}
+        return rate_headers(ws, tuple(counts.get(w.key, 0) for w in ws))
 
     def finish(self, record: RequestRecord, status: int) -> None:
         """The request's answer is over: settle, count, log. Never raises."""
@@ -118,18 +200,26 @@ class Ledger:
         if tenant is not None and record.concurrent:
             self.concurrency.leave(tenant)
         used = record.prompt_tokens + record.completion_tokens if record.ran else 0
+        outcome = record.outcome(status)
         charge = record.charge
         if charge is not None and not charge.settled and self.store is not None:
             charge.settled = True
-            if charge.tokens > used:
-                back = charge.tokens - used
-                if isinstance(self.store, MemoryStore):
-                    self.store.refund_now(charge.windows, back)
-                else:  # Redis: a round trip, off the answer's path
-                    task = asyncio.ensure_future(self.store.refund(charge.windows, back))
-                    self._pending.add(task)
-                    task.add_done_callback(self._pending.discard)
-        outcome = record.outcome(status)
+            back = max(0, charge.tokens - used)
+            # Refused by this server after the charge (full queue, engine
+            # down): the request does not count against the tenant's rate.
+            requests = 1 if not record.ran and outcome in _OURS else 0
+            store = self.store
+            if isinstance(store, MemoryStore):
+                store.refund_now(charge.windows, back, requests)
+            elif back or requests:  # Redis: a round trip, off the answer's path
+                task = asyncio.ensure_future(
+                    store.refund(
+                        charge.windows, back, requests=requests, charge_id=charge.id,
+                        local=charge.local,
+                    )
+                )  # fmt: skip
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         label = self.label(tenant)
         metrics, model = self.metrics, self.metrics.model
         metrics.requests.labels(model, label, outcome).inc()
@@ -162,11 +252,24 @@ class Ledger:
                 }
             )
 
+    def refused_early(self, status: int, outcome: str) -> None:
+        """An answer the HTTP parser sent before the app saw the request (431,
+        408): no tenant, route or id is known, but it is a request that ended."""
+        self.metrics.requests.labels(self.metrics.model, UNNAMED, outcome).inc()
+        if self.usage_log is not None:
+            self.usage_log.write(
+                {"ts": round(time.time(), 3), "request_id": None, "id": None, "tenant": None,
+                 "model": None, "endpoint": None, "status": status, "outcome": outcome,
+                 "finish_reasons": [], "prompt_tokens": 0, "completion_tokens": 0,
+                 "cached_tokens": 0, "priority": None, "queue_ms": None, "ttft_ms": None,
+                 "duration_ms": None}
+            )  # fmt: skip
+
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self.usage_log is not None:
-            self.usage_log.close()
+            await asyncio.to_thread(self.usage_log.close)
         close = getattr(self.store, "close", None)
         if close is not None:
             await close()

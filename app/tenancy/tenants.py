@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +35,7 @@ class _Entry(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
     default_priority: int = 0
     min_priority: int = 0
-    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    weight: Annotated[float, Field(ge=0.001, le=1000)] = 1.0
 
     @model_validator(mode="after")
     def _consistent(self) -> _Entry:
@@ -70,6 +70,7 @@ class Tenant:
     min_priority: int = 0
     weight: float = 1.0
     named: bool = False  # from the tenants file (its name is a metric label)
+    share: float | None = None  # its part of the queue: weight / every caller's weights
 
     @property
     def limited(self) -> bool:
@@ -111,21 +112,36 @@ def _where(loc: tuple[Any, ...], entries: list[Any]) -> str:
     return ".".join(parts) or "the file"
 
 
-def parse_tenants(text: str, source: str = "tenants file") -> list[tuple[Tenant, list[bytes]]]:
-    """Each tenant with its keys' digests; TenantsFileError for a bad file."""
+def parse_tenants(
+    text: str | bytes, source: str = "tenants file"
+) -> list[tuple[Tenant, list[bytes]]]:
+    """Each tenant with its keys' digests; TenantsFileError (one line) for
+    any bad file, whatever is wrong with it."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TenantsFileError(f"{source}: not UTF-8 (byte {exc.start})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise TenantsFileError(f"{source}: not valid YAML{at}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A scalar YAML resolves but Python cannot build (a timestamp such as
+        # 2024-13-45), or nesting deeper than the parser's stack.
+        raise TenantsFileError(f"{source}: not valid YAML ({type(exc).__name__})") from None
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         entries = raw.get("tenants", []) if isinstance(raw, dict) else []
         where = _where(error["loc"], entries if isinstance(entries, list) else [])
-        raise TenantsFileError(f"{source}: {where}: {error['msg']}") from None
+        msg = str(error["msg"]).splitlines()[0] if error["msg"] else "invalid"
+        raise TenantsFileError(f"{source}: {where}: {msg}") from None
+    except RecursionError:
+        raise TenantsFileError(f"{source}: nested too deeply") from None
     seen_names: set[str] = set()
     seen_keys: set[bytes] = set()
     out: list[tuple[Tenant, list[bytes]]] = []
@@ -164,6 +180,7 @@ class TenantBook:
 
     file: Path | None = None
     plain: list[bytes] = field(default_factory=list)  # GATEWAY_API_KEYS digests
+    floor: int = 0  # the most urgent priority of the plain keys
     _pairs: list[tuple[bytes, Tenant]] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)  # the file's, in its order
 
@@ -172,8 +189,9 @@ class TenantBook:
 
     @property
     def configured(self) -> bool:
-        """Any key at all (deny by default then)."""
-        return bool(self._pairs)
+        """A tenants file (even with nobody in it yet) or any key: every
+        /v1 route needs a key, whatever a reload brings."""
+        return self.file is not None or bool(self.plain)
 
     @property
     def names(self) -> list[str]:
@@ -184,15 +202,24 @@ class TenantBook:
         named: list[tuple[Tenant, list[bytes]]] = []
         if self.file is not None:
             try:
-                text = self.file.read_text()
+                text = self.file.read_bytes()
             except OSError as exc:
                 raise TenantsFileError(f"{self.file}: cannot be read ({exc.strerror})") from None
             named = parse_tenants(text, str(self.file))
+        # The queue is shared by weight among the file's tenants and (as one
+        # flow of weight 1) the plain keys.
+        total = sum(t.weight for t, _ in named) + (1.0 if self.plain else 0.0)
+        share = 1.0 / total if self.file is not None and total else None
+        named = [(replace(t, share=t.weight / total), ds) for t, ds in named]
         pairs = [(d, t) for t, digests in named for d in digests]
         taken = {d for d, _ in pairs}
+        unnamed = Tenant(
+            name=UNNAMED, identity=b"", default_priority=self.floor, min_priority=self.floor,
+            share=share,
+        )  # fmt: skip
         for d in self.plain:
             if d not in taken:
-                pairs.append((d, Tenant(name=UNNAMED, identity=d)))
+                pairs.append((d, replace(unnamed, identity=d)))
         self._pairs = pairs
         self.tenants = [t for t, _ in named]
 

@@ -41,6 +41,7 @@ def test_headers_for_requests_alone_and_never_a_negative_remainder() -> None:
         "x-ratelimit-limit-requests": "5",
         "x-ratelimit-remaining-requests": "0",
         "x-ratelimit-reset-requests": "55s",
+        "x-ratelimit-budget-requests": "requests_per_minute",
     }
     only_day = windows(Tenant("d", b"d", tokens_per_day=50), 10, NOW)
     assert rate_headers(only_day, (50,))["x-ratelimit-remaining-tokens"] == "0"

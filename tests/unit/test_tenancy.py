@@ -202,6 +202,8 @@ def test_windows_headers_and_refusal() -> None:
         "x-ratelimit-limit-requests": "5",
         "x-ratelimit-remaining-requests": "4",
         "x-ratelimit-reset-requests": "45s",
+        "x-ratelimit-budget-tokens": "tokens_per_minute",
+        "x-ratelimit-budget-requests": "requests_per_minute",
     }
     day_only = windows(Tenant("d", b"d", tokens_per_day=10), 1, now=3600.0)
     assert rate_headers(day_only, (1,))["x-ratelimit-reset-tokens"] == "23h0m0s"
