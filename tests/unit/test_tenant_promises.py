@@ -36,8 +36,8 @@ from testkit.fake_engine import FakeEngine
 from testkit.redis import start_redis
 from tests.support.gateway import ROOT
 from tests.support.inprocess import serve
-from tests.unit.test_pipeline import letters
 from tests.support.wait import until
+from tests.unit.test_pipeline import letters
 
 TWO = """
 tenants:
