@@ -93,7 +93,8 @@ def _gateway(model_dir: Path, tmp: Path, tenants: Path, redis: Redis, usage: Pat
             "GATEWAY_MAX_INFLIGHT": "2",
             "GATEWAY_PRIORITY_RESERVE": "1",
             "GATEWAY_RESERVE_PRIORITY": "5",
-            "GATEWAY_MAX_QUEUE": "6",
+            # Shared by weight among 6 tenants and the plain keys: 4 each.
+            "GATEWAY_MAX_QUEUE": "28",
             "GATEWAY_CHAT_TEMPLATE": "mobilellama-v1",
         },
     )
@@ -163,16 +164,14 @@ def test_budget_charged_on_admission_settled_at_the_end_with_openai_headers(
 
 
 def test_beyond_a_budget_429_names_it_with_retry_after(tenanted: Tenanted) -> None:
+    # A reservation larger than the whole budget: no retry can fit it, a 400.
     rid = _rid("big")
-    with pytest.raises(openai.RateLimitError) as info:
+    with pytest.raises(openai.BadRequestError) as bad:
         _create(tenanted.client("sk-search"), rid, max_tokens=1900, n=3, prompt="Hi")
-    err = info.value
-    assert err.status_code == 429 and err.code == "tokens_per_minute_exceeded"
-    assert "tokens_per_minute" in err.message
-    assert int(err.response.headers["retry-after"]) >= 1
-    assert err.response.headers["x-ratelimit-limit-tokens"] == "5000"
+    assert bad.value.code == "budget_too_small" and "tokens_per_minute" in bad.value.message
+    assert "retry-after" not in bad.value.response.headers
     line = tenanted.line(rid)
-    assert (line["status"], line["outcome"], line["tenant"]) == (429, "throttled", "search")
+    assert (line["status"], line["outcome"], line["tenant"]) == (400, "rejected", "search")
     # A request budget: at most two a minute (a window may turn over once meanwhile).
     tiny = tenanted.client("sk-tiny")
     accepted = 0
@@ -182,6 +181,9 @@ def test_beyond_a_budget_429_names_it_with_retry_after(tenanted: Tenanted) -> No
             accepted += 1
         except openai.RateLimitError as exc:
             assert exc.code == "requests_per_minute_exceeded"
+            assert "requests_per_minute" in exc.message
+            assert int(exc.response.headers["retry-after"]) >= 1
+            assert exc.response.headers["x-ratelimit-limit-requests"] == "2"
             break
     else:
         pytest.fail("requests_per_minute never refused")
@@ -271,8 +273,8 @@ def test_max_concurrent_refuses_the_second_until_the_first_ends(tenanted: Tenant
     _wait(admitted, what="the place given back")
 
 
-def test_fair_queueing_and_a_full_queue(tenanted: Tenanted) -> None:
-    async def scenario() -> tuple[list[str], list[str], str]:
+def test_fair_queueing_and_a_queue_shared_by_weight(tenanted: Tenanted) -> None:
+    async def scenario() -> tuple[list[str], list[str], str, dict[str, str]]:
         batch, other = tenanted.aclient("sk-batch"), tenanted.aclient("sk-other")
         holder = await _stream_until_first(batch, _rid("holder"))
         rids: list[str] = []
@@ -288,20 +290,26 @@ def test_fair_queueing_and_a_full_queue(tenanted: Tenanted) -> None:
         for _ in range(4):
             send(batch, "flood")
         await asyncio.to_thread(_wait, lambda: _queued(tenanted.url) == 4, 30, "4 queued")
+        # batch holds its share of the queue (28 / 7 weights = 4): one more is
+        # refused while other tenants still get in (before: the shared queue
+        # took batch's backlog until every tenant got 503).
+        over = _rid("over")
+        with pytest.raises(openai.RateLimitError) as info:
+            await batch.with_options(max_retries=0).completions.create(
+                model=MODEL_NAME, prompt="x", max_tokens=3, extra_headers={"x-request-id": over}
+            )
+        assert info.value.status_code == 429
+        assert info.value.code == "queue_share_exceeded"
+        headers = dict(info.value.response.headers)
         for _ in range(2):
             send(other, "fair")
         await asyncio.to_thread(_wait, lambda: _queued(tenanted.url) == 6, 30, "6 queued")
-        full = _rid("full")
-        with pytest.raises(openai.InternalServerError) as info:  # 503: the queue is full
-            await other.completions.create(
-                model=MODEL_NAME, prompt="x", max_tokens=3, extra_headers={"x-request-id": full}
-            )
-        assert info.value.status_code == 503
         await holder.close()
         await asyncio.gather(*tasks)
-        return rids[:4], rids[4:], full
+        return rids[:4], rids[4:], over, headers
 
-    flood, fair, full = asyncio.run(scenario())
+    flood, fair, over, headers = asyncio.run(scenario())
+    assert headers["retry-after"] == "1"
     ends = {}
     for rid in flood + fair:
         line = tenanted.line(rid)
@@ -310,8 +318,8 @@ def test_fair_queueing_and_a_full_queue(tenanted: Tenanted) -> None:
     positions = [order.index(r) for r in fair]
     # FIFO would run "other" 5th and 6th; fair shares put both among the first four.
     assert max(positions) <= 3, [("fair" if r in fair else "flood") for r in order]
-    line = tenanted.line(full)
-    assert (line["status"], line["outcome"], line["tenant"]) == (503, "overloaded", "other")
+    line = tenanted.line(over)
+    assert (line["status"], line["outcome"], line["tenant"]) == (429, "throttled", "batch")
 
 
 def test_usage_log_one_line_per_ending_and_never_a_secret(tenanted: Tenanted) -> None:

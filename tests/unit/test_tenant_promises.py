@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Hashable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -131,7 +132,7 @@ def _simulate(
     def pick_up() -> None:
         for p in [p for p in waiting if p.running]:
             waiting.remove(p)
-            left[p] = outputs[p.flow]  # type: ignore[index]
+            left[p] = outputs[cast(int, p.flow)]
 
     def top_up() -> None:
         for f, w in enumerate(weights):
