@@ -6,6 +6,9 @@
    offering ten times `b`'s load (closed-loop clients, 10:1); output tokens
    per second each, and Jain's index over weight-normalised throughput.
    Beside it the same load without a tenants file (one first-come queue).
+   Newcomer: `a` alone for `--warm` seconds (10 minutes by default: its
+   counter grows all along), then `b` joins; the same figures over the next
+   `--seconds`: a newcomer neither starves nor is starved.
 2. Priority: the TTFT of a priority-0 stream on an idle server, then under a
    priority-20 flood that fills every place, with and without a reserve.
 3. Cost: API-process CPU per 1000 output tokens and tok/s with tenants on
@@ -118,6 +121,13 @@ def jain(xs: list[float]) -> float:
     return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs)) if any(xs) else 0.0
 
 
+def _shares(a: int, b: int, window: float) -> dict[str, float]:
+    r = {"a_tok_s": a / window, "b_tok_s": b / window}
+    r["jain"] = jain([r["a_tok_s"], r["b_tok_s"]])
+    r["b_share"] = r["b_tok_s"] / (r["a_tok_s"] + r["b_tok_s"])
+    return r
+
+
 def fairness(server: Server, seconds: float) -> dict[str, float]:
     async def run() -> dict[str, float]:
         t0 = time.monotonic()
@@ -127,13 +137,28 @@ def fairness(server: Server, seconds: float) -> dict[str, float]:
             clients(server.url, "sk-a", 20 * SLOTS, until, 64, counted_from, a),
             clients(server.url, "sk-b", 2 * SLOTS, until, 64, counted_from, b),
         )
-        window = until - counted_from
-        return {"a_tok_s": a[0] / window, "b_tok_s": b[0] / window}
+        return _shares(a[0], b[0], until - counted_from)
 
-    r = asyncio.run(run())
-    r["jain"] = jain([r["a_tok_s"], r["b_tok_s"]])
-    r["b_share"] = r["b_tok_s"] / (r["a_tok_s"] + r["b_tok_s"])
-    return r
+    return asyncio.run(run())
+
+
+def newcomer(server: Server, warm: float, seconds: float) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        t0 = time.monotonic()
+        joins = t0 + warm
+        until, counted_from = joins + seconds, joins + min(10.0, seconds / 4)
+        a, b = [0], [0]
+
+        async def late() -> None:
+            await asyncio.sleep(warm)
+            await clients(server.url, "sk-b", 2 * SLOTS, until, 64, counted_from, b)
+
+        await asyncio.gather(
+            clients(server.url, "sk-a", 20 * SLOTS, until, 64, counted_from, a), late()
+        )
+        return _shares(a[0], b[0], until - counted_from)
+
+    return asyncio.run(run())
 
 
 async def ttft(url: str, key: str, priority: int | None) -> float:
@@ -187,11 +212,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=40)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warm", type=float, default=600, help="seconds of a alone (newcomer)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--parts", nargs="+", default=["fairness", "priority", "cost"],
-        choices=["fairness", "priority", "cost"],
+        choices=["fairness", "newcomer", "priority", "cost"],
     )  # fmt: skip
     a = p.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
@@ -202,14 +228,18 @@ def main() -> None:
 
     for label, tenants, reserve in (("fifo", False, 0), ("tenants", True, 0), ("reserve", True, 2)):
         fair = "fairness" in a.parts and label != "reserve"
+        late = "newcomer" in a.parts and label == "tenants"
         prio = "priority" in a.parts and label != "fifo"
-        if not (fair or prio):
+        if not (fair or late or prio):
             continue
         s = start(logs, label, tenants, reserve)
         try:
             if fair:
                 report[f"fairness_{label}"] = r = fairness(s, a.seconds)
                 show(f"fairness {label}", r)
+            if late:
+                report["newcomer"] = r = newcomer(s, a.warm, a.seconds)
+                show(f"newcomer after {a.warm:g} s", r)
             if prio:
                 report[f"priority_{label}"] = r = priority_ttft(s)
                 show(f"priority ttft {label}", r)

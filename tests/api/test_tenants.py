@@ -192,7 +192,9 @@ def test_beyond_a_budget_429_names_it_with_retry_after(tenanted: Tenanted) -> No
 
 def test_priority_is_clamped_and_the_engine_schedules_by_priority(tenanted: Tenanted) -> None:
     cases = [("sk-batch", 0, 10), ("sk-batch", None, 20), ("sk-batch", 15, 15),
-             ("sk-search", 3, 3), ("sk-search", None, 5), ("sk-plain", -4, 0)]  # fmt: skip
+             ("sk-search", 3, 3), ("sk-search", None, 5),
+             # a plain key: never above GATEWAY_RESERVE_PRIORITY + 1 (5 + 1)
+             ("sk-plain", -4, 6), ("sk-plain", None, 6), ("sk-plain", 9, 9)]  # fmt: skip
     for key, asked, effective in cases:
         rid = _rid("prio")
         extra = {} if asked is None else {"extra_body": {"priority": asked}}
@@ -396,9 +398,10 @@ def test_per_tenant_metrics_agree_with_the_usage_log(tenanted: Tenanted) -> None
     assert metric("gateway_tenant_requests_total", tenant="batch", outcome="ok") == sum(
         x["outcome"] == "ok" for x in batch
     )
-    assert metric("gateway_tenant_requests_total", tenant="search", outcome="throttled") >= 1
-    assert metric("gateway_tenant_throttled_total", tenant="search",
-                  budget="tokens_per_minute") >= 1  # fmt: skip
+    assert metric("gateway_tenant_requests_total", tenant="search", outcome="rejected") >= 1
+    assert metric("gateway_tenant_requests_total", tenant="tiny", outcome="throttled") >= 1
+    assert metric("gateway_tenant_throttled_total", tenant="tiny",
+                  budget="requests_per_minute") >= 1  # fmt: skip
     assert metric("gateway_quota_store_up") == 1
     assert metric("gateway_admission_wait_seconds_count", priority="20") >= 1
 
