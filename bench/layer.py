@@ -18,7 +18,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class Stepper:
     def __init__(self) -> None:
         self.open: list[asyncio.Queue[None]] = []
         self.tokens = 64
+        # vLLM's stat logger calls the supervisor once per step (heartbeat,
+        # fair-share output charge): so does this engine.
+        self.on_step: Callable[[None], None] = lambda step: None
 
     async def script(self, ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
         q: asyncio.Queue[None] = asyncio.Queue()
@@ -51,6 +54,8 @@ class Stepper:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(0)
+            if self.open:
+                self.on_step(None)
             for q in list(self.open):
                 q.put_nowait(None)
 
@@ -75,6 +80,7 @@ async def measure(concurrency: int, tenants: bool = False) -> tuple[float, float
         headers = [(b"authorization", b"Bearer sk-bench")]
     settings = Settings(served_model_name="fake", warmup="none", **overrides)
     app = create_app(settings, engine=engine, registry=CollectorRegistry())
+    stepper.on_step = app.state.supervisor.engine_step
     limit = asyncio.Semaphore(concurrency)
 
     async def one(body: bytes) -> None:

@@ -50,22 +50,46 @@ class UsageLog:
     file. A line that cannot be written is counted; the log says so once per
     outage, and once when writing works again."""
 
+    # Lines are handed to the thread in batches, at most this often: a
+    # thread woken per line took its GIL from the streams (+60 µs per
+    # request and +0.8 µs per token in bench.layer).
+    BATCH_SECONDS = 0.2
+
     def __init__(self, target: str, on_error: Callable[[], None] = lambda: None):
         self._path = None if target == "-" else Path(target)
         self._on_error = on_error
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._lines: list[str] = []  # written on the event loop, not yet handed over
+        self._handing: asyncio.TimerHandle | None = None
         self._out: IO[str] | None = None
         self._ok = True
         self._thread = threading.Thread(target=self._run, name="usage-log", daemon=True)
         self._thread.start()
 
     def write(self, line: dict[str, Any]) -> None:
-        self._queue.put(json.dumps(line, separators=(",", ":")) + "\n")
+        self._lines.append(json.dumps(line, separators=(",", ":")) + "\n")
+        if self._handing is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script, a test): at once
+                self._hand_over()
+                return
+            self._handing = loop.call_later(self.BATCH_SECONDS, self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._handing = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._queue.put("".join(lines))
 
     def reopen(self) -> None:
+        self._hand_over()  # what was written before the signal goes to the old file
         self._queue.put(_REOPEN)
 
     def close(self) -> None:
+        if self._handing is not None:
+            self._handing.cancel()
+        self._hand_over()
         self._queue.put(None)
         self._thread.join(10)
 
@@ -74,14 +98,14 @@ class UsageLog:
             batch = [self._queue.get()]
             while not self._queue.empty():  # what came meanwhile: one flush
                 batch.append(self._queue.get())
-            lines = [x for x in batch if x is not None and x is not _REOPEN]
-            if any(x is _REOPEN for x in batch):
-                self._close_file()
-            if lines:
-                self._write("".join(lines), len(lines))
-            if None in batch:
-                self._close_file()
-                return
+            for item in batch:
+                if item is None:
+                    self._close_file()
+                    return
+                if item is _REOPEN:
+                    self._close_file()
+                else:
+                    self._write(item, item.count("\n"))
 
     def _write(self, text: str, count: int) -> None:
         try:
