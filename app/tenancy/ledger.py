@@ -62,6 +62,9 @@ class UsageLog:
         self._lines: list[str] = []  # written on the event loop, not yet handed over
         self._handing: asyncio.TimerHandle | None = None
         self._out: IO[str] | None = None
+        if self._path is not None:  # created now: it exists from the start
+            with contextlib.suppress(OSError):
+                self._out = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
         self._ok = True
         self._thread = threading.Thread(target=self._run, name="usage-log", daemon=True)
         self._thread.start()
