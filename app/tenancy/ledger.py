@@ -50,9 +50,7 @@ class UsageLog:
     file. A line that cannot be written is counted; the log says so once per
     outage, and once when writing works again."""
 
-    # Lines are handed to the thread in batches, at most this often: a
-    # thread woken per line took its GIL from the streams (+60 µs per
-    # request and +0.8 µs per token in bench.layer).
+    # Batches at most this often: a wake per line cost the streams CPU (bench.layer).
     BATCH_SECONDS = 0.2
 
     def __init__(self, target: str, on_error: Callable[[], None] = lambda: None):
