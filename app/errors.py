@@ -11,6 +11,11 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+# The status of a request whose client went away before any answer started:
+# not an HTTP status anyone receives (nginx's 499), but what the metrics,
+# the usage log and the traces record for it.
+CLIENT_CLOSED = 499
+
 
 class GatewayError(Exception):
     """Base class: carries what the client is told."""

@@ -16,14 +16,16 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from app import __version__
 from app.api.accounting import Accounting
-from app.api.auth import ApiKeyAuth, load_keys
+from app.api.auth import ApiKeyAuth
 from app.api.middleware import BodyLimit, InternalErrors, RequestContext
 from app.api.ratelimit import RateLimiter
 from app.api.rejection import Rejections, install_error_handlers
 from app.api.route_table import Endpoints
 from app.api.routes import completions, health, info, models, tokenize
 from app.api.routes import metrics as metrics_routes
+from app.completion.assembly import build_service
 from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
+from app.completion.service import CompletionService
 from app.config import Settings
 from app.engine.protocol import Engine
 from app.errors import GatewayError
@@ -53,7 +55,7 @@ def create_app(
     settings = settings or Settings()
     registry = REGISTRY if registry is None else registry
     metrics = Metrics(registry, settings.model_name)
-    tenancy = build_tenancy(settings, load_keys(settings.api_keys, settings.api_key_file), registry)
+    tenancy = build_tenancy(settings, registry)
     # The OTEL_* variables turn tracing on (read by the SDK itself).
     tracing = Tracing(settings.trace_content) if tracing_configured() else None
     metrics.exposition.openmetrics = tracing is not None  # exemplars to show
@@ -65,7 +67,10 @@ def create_app(
         # the event loop. The import stays out of unit tests with a fake engine.
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
-    supervisor = Supervisor(settings, build, metrics, on_exit, tenancy.ledger)
+    def assemble(built: Engine) -> CompletionService:
+        return build_service(settings, built, metrics, tenancy.ledger)
+
+    supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -120,7 +125,6 @@ def create_app(
         app.add_middleware(
             ApiKeyAuth,
             book=tenancy.book,
-            endpoints=endpoints,
             rejections=rejections,
             limiter=RateLimiter(rpm, settings.rate_limit_burst_or_default) if rpm else None,
         )
@@ -145,7 +149,7 @@ def create_app(
         )
     if tenancy.ledger is not None or tracing is not None:
         # Outside the keys: a 401 is accounted and traced too; inside the request ids.
-        app.add_middleware(Accounting, endpoints=endpoints, ledger=tenancy.ledger, tracing=tracing)
+        app.add_middleware(Accounting, ledger=tenancy.ledger, tracing=tracing)
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
     app.add_middleware(

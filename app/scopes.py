@@ -18,6 +18,10 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # pass through each of their wrappers.
 BODY_SEND = "gateway.body_send"
 
+# Under which RequestContext leaves the request's Exchange (app.api.middleware):
+# its route, matched once, and its answer's status and start.
+EXCHANGE = "gateway.exchange"
+
 # Under which an authenticated request carries its tenant (app.tenancy):
 # its terms, and the identity the prefix-cache salt is derived from.
 TENANT = "gateway.tenant"

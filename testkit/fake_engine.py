@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.protocol import SamplingOptions
+from app.engine.protocol import SamplingOptions, refusal
 
 
 @dataclass
@@ -98,6 +98,8 @@ class FakeEngine:
         except (asyncio.CancelledError, GeneratorExit):
             self.closed.append(request_id)
             raise
+        except ValueError as exc:  # vLLM's refusal of bad parameters, as the adapter tells it
+            raise refusal(str(exc), options) from exc
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

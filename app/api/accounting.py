@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.route_table import Endpoints
+from app.api.middleware import Headers, exchange
 from app.observability.record import RequestRecord
 from app.observability.tracing import Tracing
 from app.scopes import RECORD, TENANT, request_id_var, trace_ids_var
+from app.tenancy.budgets import Charge
 from app.tenancy.ledger import Ledger
 
 COMPLETION_ROUTES = frozenset(("/v1/completions", "/v1/chat/completions"))
@@ -23,15 +24,8 @@ _LIMIT_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-limit-requests")
 
 
 class Accounting:
-    def __init__(
-        self,
-        app: ASGIApp,
-        endpoints: Endpoints,
-        ledger: Ledger | None = None,
-        tracing: Tracing | None = None,
-    ):
+    def __init__(self, app: ASGIApp, ledger: Ledger | None = None, tracing: Tracing | None = None):
         self.app = app
-        self.endpoints = endpoints
         self.ledger = ledger
         self.tracing = tracing
 
@@ -40,39 +34,38 @@ class Accounting:
             await self.app(scope, receive, send)
             return
         ledger, tracing = self.ledger, self.tracing
-        label = self.endpoints.match(scope["path"]).label
+        ex = exchange(scope)
         record = None
         token = None
-        if label in COMPLETION_ROUTES:
-            record = scope[RECORD] = RequestRecord(label, request_id_var.get() or "")
+        if ex.endpoint.label in COMPLETION_ROUTES:
+            record = scope[RECORD] = RequestRecord(ex.endpoint.label, request_id_var.get() or "")
             if tracing is not None:
                 tracing.start(record, scope["headers"])
                 token = trace_ids_var.set(tracing.ids(record))
-        status = 499  # unless a response starts: the client went away first
 
-        async def send_start(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                tenant = scope.get(TENANT)
-                if ledger is not None and tenant is not None and tenant.limited:
-                    headers = list(message.get("headers", []))
-                    if not any(k.lower() in _LIMIT_HEADERS for k, _ in headers):
-                        charge = record.charge if record is not None else None
-                        limits = charge.headers if charge is not None else {}
-                        limits = limits or ledger.headers_now(tenant)
-                        headers += [(k.encode(), v.encode()) for k, v in limits.items()]
-                        message["headers"] = headers
-            await send(message)
+        def rate_limits(headers: Headers) -> None:
+            """OpenAI's x-ratelimit-* on every answer to a tenant with limits
+            (a 429 carries its own already)."""
+            tenant = scope.get(TENANT)
+            if ledger is None or tenant is None or not tenant.limited:
+                return
+            if any(k.lower() in _LIMIT_HEADERS for k, _ in headers):
+                return
+            charge = record.charge if record is not None else None
+            limits = charge.headers if isinstance(charge, Charge) else {}
+            limits = limits or ledger.headers_now(tenant)
+            headers.extend((k.encode(), v.encode()) for k, v in limits.items())
 
+        if ledger is not None:
+            ex.on_start.append(rate_limits)
         try:
-            await self.app(scope, receive, send_start)
+            await self.app(scope, receive, send)
         finally:
             if record is not None:
                 record.tenant = record.tenant or scope.get(TENANT)
                 if ledger is not None:
-                    ledger.finish(record, status)
+                    ledger.finish(record, ex.status)
                 if tracing is not None:
-                    tracing.finish(record, status, time.monotonic())
+                    tracing.finish(record, ex.status, time.monotonic())
             if token is not None:
                 trace_ids_var.reset(token)

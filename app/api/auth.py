@@ -9,25 +9,14 @@ GATEWAY_RATE_LIMIT_RPM, each key also has a request rate (app/api/ratelimit.py).
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.middleware import exchange
 from app.api.ratelimit import RateLimiter
 from app.api.rejection import Rejections
-from app.api.route_table import Endpoints
 from app.errors import AuthenticationFailed, GatewayError, RateLimited
 from app.scopes import TENANT
 from app.tenancy.tenants import Tenant, TenantBook
-
-
-def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
-    """Digests of the configured keys: the list plus one key per line of the file."""
-    raw = [k.strip() for k in keys]
-    if key_file is not None:
-        raw += [line.strip() for line in key_file.read_text().splitlines()]
-    return [hashlib.sha256(k.encode()).digest() for k in raw if k and not k.startswith("#")]
 
 
 class ApiKeyAuth:
@@ -35,13 +24,11 @@ class ApiKeyAuth:
         self,
         app: ASGIApp,
         book: TenantBook,
-        endpoints: Endpoints,
         rejections: Rejections,
         limiter: RateLimiter | None = None,
     ):
         self.app = app
         self.book = book
-        self.endpoints = endpoints
         self.rejections = rejections
         self.limiter = limiter
 
@@ -57,7 +44,7 @@ class ApiKeyAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        endpoint = self.endpoints.match(scope["path"])
+        endpoint = exchange(scope).endpoint
         if endpoint.open:
             await self.app(scope, receive, send)
             return

@@ -1,6 +1,11 @@
 """ASGI middleware: request ids (honouring an incoming x-request-id), the
 count of in-flight requests that drain waits for, `Connection: close` while
-draining, the body limit, and the 500 for an unexpected exception."""
+draining, the body limit, and the 500 for an unexpected exception.
+
+RequestContext, outermost, matches the route once and wraps `send` once per
+request: the Exchange it leaves in the scope is how every layer below sees
+the route, the answer's status and whether it has started, and adds
+headers to its start (app.api.accounting, app.api.auth)."""
 
 from __future__ import annotations
 
@@ -10,12 +15,34 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.rejection import Rejections, unexpected_error
-from app.api.route_table import Endpoints
-from app.errors import PayloadTooLarge
+from app.api.route_table import Endpoint, Endpoints
+from app.errors import CLIENT_CLOSED, PayloadTooLarge
 from app.ids import new_id
 from app.lifecycle.inflight import InFlight
 from app.observability.metrics import Metrics
-from app.scopes import BODY_SEND, request_id_var
+from app.scopes import BODY_SEND, EXCHANGE, request_id_var
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Exchange:
+    """One request and its answer, as the middleware below RequestContext
+    sees them (scope[EXCHANGE])."""
+
+    __slots__ = ("endpoint", "on_start", "started", "status")
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint  # the route, matched once
+        self.status = CLIENT_CLOSED  # unless an answer starts: the client went away first
+        self.started = False
+        # Called with the start's headers (to append to) as it goes out.
+        self.on_start: list[Callable[[Headers], None]] = []
+
+
+def exchange(scope: Scope) -> Exchange:
+    ex: Exchange = scope[EXCHANGE]
+    return ex
+
 
 _CLOSE = (b"connection", b"close")
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -46,29 +73,30 @@ class RequestContext:
         token = request_id_var.set(rid)
         header = (b"x-request-id", rid.encode())
         scope[BODY_SEND] = send
+        endpoint = self.endpoints.match(scope["path"])
+        ex = scope[EXCHANGE] = Exchange(endpoint)
 
-        status = 499  # unless a response starts: the client went away first
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        async def send_once(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), header]
+                ex.status, ex.started = message["status"], True
+                headers: Headers = [*message.get("headers", []), header]
+                for add in ex.on_start:
+                    add(headers)
                 if self.closing():
                     # Pooled clients and proxies stop reusing this connection
                     # (uvicorn closes it after this answer).
-                    message["headers"].append(_CLOSE)
+                    headers.append(_CLOSE)
+                message["headers"] = headers
             await send(message)
 
-        endpoint = self.endpoints.match(scope["path"])
         if endpoint.drained:
             self.inflight.enter()
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_once)
         finally:
             if endpoint.drained:
                 self.inflight.leave()
-            self.metrics.request_answered(endpoint.label, status)
+            self.metrics.request_answered(endpoint.label, ex.status)
             request_id_var.reset(token)
 
 
@@ -136,19 +164,9 @@ class InternalErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, send)
         except Exception as exc:
-            if started:
+            if scope["type"] != "http" or exchange(scope).started:
                 raise
             await unexpected_error(exc)(scope, receive, send)

@@ -28,7 +28,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
-from app.completion.sse import error_events
+from app.completion.wire import error_events
 from app.errors import EngineFailure, GatewayError
 from app.scopes import BODY_SEND
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 class EventStream(Protocol):
-    """app.completion.service.CompletionStream, as the HTTP layer uses it."""
+    """app.completion.stream.CompletionStream, as the HTTP layer uses it."""
 
     done: bool
 

@@ -1,23 +1,19 @@
 """A chat request, made ready to run as a completion: messages checked and
 flattened to text, rendered with the chat template, and fitted to the
-context by dropping whole messages. Everything after this is the one
+context by dropping whole messages (app.completion.context_limit). Everything after this is the one
 completion path (app.completion.generation, app.completion.choices)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from app.completion.chat_template import ChatTemplate
-from app.completion.context_limit import check_max_tokens
+from app.completion.context_limit import Message, check_max_tokens, fit_messages
 from app.completion.prepare import Preparer
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.completion.schemas import ChatCompletionRequest, ChatMessage, TextPart
-from app.completion.tokenizer import AsyncTokenizer
-from app.errors import ContextLengthExceeded, InvalidRequest
+from app.errors import InvalidRequest
 from app.tenancy.tenants import Tenant
-
-Message = dict[str, str]  # {"role", "content"}: what the template sees
 
 # Fields a base model cannot honour here: refused by name, not ignored.
 _UNSUPPORTED = {
@@ -58,10 +54,15 @@ def _flatten(message: ChatMessage, index: int) -> Message:
 
 
 class ChatPreparer:
-    def __init__(self, preparer: Preparer, template: ChatTemplate, tokenizer: AsyncTokenizer):
+    def __init__(self, preparer: Preparer, template: ChatTemplate):
         self.preparer = preparer
         self.template = template
-        self.tokenizer = tokenizer
+        self.tokenizer = preparer.tokenizer
+
+    def _encode(self, messages: list[Message]) -> list[int]:
+        """The rendered conversation's token ids (on the tokenizer thread)."""
+        text = self.template.render(messages)
+        return self.tokenizer.sync.encode(text, add_special_tokens=False)
 
     async def prepare(
         self, req: ChatCompletionRequest, tenant: Tenant | None = None
@@ -79,17 +80,14 @@ class ChatPreparer:
         k: int | None = None
         if req.logprobs:
             k = req.top_logprobs or 0
-            if k > preparer.engine.max_logprobs:
-                raise InvalidRequest(
-                    f"top_logprobs must be at most {preparer.engine.max_logprobs}.",
-                    param="top_logprobs",
-                )
+            preparer.check_logprobs(k, "top_logprobs")
         elif req.top_logprobs is not None:
             raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
         messages = [_flatten(m, i) for i, m in enumerate(req.messages)]
-        budget = limit - (requested or 1)
         ids, dropped_messages, dropped_tokens = await self.tokenizer.run(
-            lambda: self._fit(messages, budget, requested)
+            lambda: fit_messages(
+                messages, self._encode, requested, limit, policy=preparer.settings.truncation
+            )
         )
         options = preparer.options(
             req,
@@ -108,56 +106,3 @@ class ChatPreparer:
             tenant=tenant,
             dropped_messages=dropped_messages,
         )
-
-    def _fit(
-        self, messages: list[Message], budget: int, requested: int | None
-    ) -> tuple[list[int], int, int]:
-        """(prompt ids, messages dropped, tokens dropped), on the tokenizer thread.
-
-        Under `left`, the oldest messages that are neither system messages nor
-        the last one are dropped whole, as few as make it fit; under `error`,
-        or when even that does not fit, a 400 with the counts."""
-        sync = self.tokenizer.sync
-
-        def encode(ms: list[Message]) -> list[int]:
-            return sync.encode(self.template.render(ms), add_special_tokens=False)
-
-        full = encode(messages)
-        if len(full) <= budget:
-            return full, 0, 0
-        completion = requested or 1
-        limit = budget + completion
-        if self.preparer.settings.truncation == "error":
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {len(full) + completion} tokens ({len(full)} in the "
-                f"{len(messages)} messages, {completion} for the completion). Please "
-                f"shorten the conversation or the completion length.",
-                param="messages",
-            )
-        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
-
-        def without(k: int) -> Callable[[], list[Message]]:
-            gone = set(droppable[:k])
-            return lambda: [m for i, m in enumerate(messages) if i not in gone]
-
-        # The fewest messages to drop: the prompt shrinks as more go (binary search).
-        lo, hi = 1, len(droppable)
-        best: tuple[int, list[int]] | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            ids = encode(without(mid)())
-            if len(ids) <= budget:
-                best, hi = (mid, ids), mid - 1
-            else:
-                lo = mid + 1
-        if best is None:
-            kept = encode(without(len(droppable))())
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. Even with only the "
-                f"system messages and the last message, the prompt has {len(kept)} tokens and "
-                f"{completion} are requested for the completion. Please shorten them.",
-                param="messages",
-            )
-        dropped, ids = best
-        return ids, dropped, len(full) - len(ids)

@@ -24,7 +24,7 @@ from app.completion.admission import Admission, Place
 from app.completion.fan_in import fan_in
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import Engine, RequestOutput
-from app.errors import GatewayError, InvalidConstraint, InvalidRequest, RequestTimeout
+from app.errors import GatewayError, RequestTimeout
 from app.observability.metrics import Metrics
 
 Tagged = tuple[int, RequestOutput]  # (prompt index, engine output)
@@ -199,15 +199,6 @@ class Generation:
         once), the runner's error, or `exc` itself; the generation has failed."""
         self.failed = True
         if not isinstance(exc, TimeoutError):
-            structured = self.prep.options.structured
-            if structured is not None and type(exc) is InvalidRequest:
-                # The engine's grammar backend refused the constraint. Its own
-                # text quotes the constraint: only its first clause is told.
-                why = exc.message.split(":", 1)[0][:120]
-                return InvalidConstraint(
-                    f"{structured.param} was refused by the engine's grammar backend ({why}).",
-                    param=structured.param,
-                )
             return exc
         broken = self.runner.broken
         return broken if broken is not None else self.runner.timed_out()

@@ -76,10 +76,7 @@ class Preparer:
             raise InvalidRequest("best_of must be greater than or equal to n.", param="best_of")
         if req.stream and best_of > req.n:
             raise InvalidRequest("best_of greater than n cannot be streamed.", param="best_of")
-        if req.logprobs is not None and req.logprobs > self.engine.max_logprobs:
-            raise InvalidRequest(
-                f"logprobs must be at most {self.engine.max_logprobs}.", param="logprobs"
-            )
+        self.check_logprobs(req.logprobs, "logprobs")
         truncate_to = req.truncate_prompt_tokens
         if truncate_to == -1:
             truncate_to = None  # vLLM's "-1": the model's limit, which applies anyway.
@@ -221,6 +218,12 @@ class Preparer:
         timeout = self.settings.request_timeout
         return None if timeout is None else arrival + timeout
 
+    def check_logprobs(self, k: int | None, param: str) -> None:
+        """400 for more alternatives per token than the engine returns."""
+        if k is not None and k > self.engine.max_logprobs:
+            limit = self.engine.max_logprobs
+            raise InvalidRequest(f"{param} must be at most {limit}.", param=param)
+
     def stops(self, stop: str | list[str] | None) -> list[str]:
         stops = [stop] if isinstance(stop, str) else (stop or [])
         if len(stops) > self.settings.max_stop:
@@ -250,11 +253,7 @@ class Preparer:
             ids = list(item)
             if not ids:
                 raise InvalidRequest("A token-id prompt must not be empty.", param="prompt")
-            if max(ids) >= self.engine.vocab_size:
-                raise InvalidRequest(
-                    f"Token ids must be below the vocabulary size {self.engine.vocab_size}.",
-                    param="prompt",
-                )
+            self.model.check_tokens(ids, "prompt")
             out.append(PreparedPrompt(token_ids=ids, text=None))
         return out
 
@@ -285,10 +284,6 @@ class Preparer:
                 raise InvalidRequest(
                     "logit_bias keys must be token ids.", param="logit_bias"
                 ) from None
-            if not 0 <= token < self.engine.vocab_size:
-                raise InvalidRequest(
-                    f"logit_bias token ids must be in [0, {self.engine.vocab_size}).",
-                    param="logit_bias",
-                )
             out[token] = value
+        self.model.check_tokens(list(out), "logit_bias")
         return out

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from app.engine.protocol import SamplingOptions
-from app.errors import ModelNotFound
+from app.errors import InvalidRequest, ModelNotFound
 from app.observability.record import RequestRecord
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
@@ -81,6 +81,13 @@ class ServedModel:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
+
+    def check_tokens(self, ids: list[int], param: str) -> None:
+        """400 unless every token id is in the vocabulary."""
+        if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
+            raise InvalidRequest(
+                f"Token ids must be in [0, {self.vocab_size}), the vocabulary.", param=param
+            )
 
     def check(self, model: str | None) -> None:
         """404 for any model id but ours (None: the client did not say)."""

@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from app.errors import InvalidConstraint, InvalidRequest
+
 
 class Logprob(Protocol):
     @property
@@ -139,3 +141,18 @@ class Engine(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+
+def refusal(why: str, options: SamplingOptions) -> InvalidRequest:
+    """The engine refused a request's parameters (`why`: its message's first
+    line), told once for every engine: a refused output constraint becomes
+    a 400 naming the field it came from, with only the first clause of the
+    grammar backend's text (the rest quotes the constraint back)."""
+    structured = options.structured
+    if structured is None:
+        return InvalidRequest(why)
+    return InvalidConstraint(
+        f"{structured.param} was refused by the engine's grammar backend "
+        f"({why.split(':', 1)[0][:120]}).",
+        param=structured.param,
+    )

@@ -48,8 +48,14 @@ from app.config import Settings
 from app.engine.orphans import Reaper, start_reaper
 from app.engine.preflight import check_npu, package_versions, resolve_device
 from app.engine.profiles import DEVICE_ENV_DEFAULTS, engine_kwargs
-from app.engine.protocol import RequestOutput, SamplingOptions, StructuredOutput, Tokenizer
-from app.errors import EngineFailure, InvalidRequest, Unavailable
+from app.engine.protocol import (
+    RequestOutput,
+    SamplingOptions,
+    StructuredOutput,
+    Tokenizer,
+    refusal,
+)
+from app.errors import EngineFailure, Unavailable
 from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import EngineStep
 
@@ -138,7 +144,7 @@ class VllmEngine:
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
         except _CLIENT_ERRORS as exc:
-            raise InvalidRequest(_first_line(exc)) from exc
+            raise refusal(_first_line(exc), options) from exc
         except Exception as exc:
             logger.exception("engine request %s failed", request_id)
             raise EngineFailure("The inference engine failed this request.") from exc

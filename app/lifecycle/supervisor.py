@@ -10,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.completion.admission import Admission
 from app.completion.service import CompletionService
 from app.config import Settings
 from app.engine.protocol import Engine
@@ -20,13 +19,14 @@ from app.lifecycle.inflight import InFlight
 from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.watchdog import Watchdog
 from app.observability.metrics import EngineStep, Metrics
-from app.tenancy.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
 
 # Builds the engine, which calls `on_step` once per engine step.
 EngineBuilder = Callable[[Callable[[EngineStep | None], None]], Awaitable[Engine]]
+# Builds the completion pipeline over a built engine (app.completion.assembly).
+ServiceBuilder = Callable[[Engine], CompletionService]
 
 
 class Supervisor:
@@ -36,23 +36,23 @@ class Supervisor:
         self,
         settings: Settings,
         build: EngineBuilder,
+        assemble: ServiceBuilder,
         metrics: Metrics,
         on_exit: Callable[[], None] = lambda: None,
-        ledger: Ledger | None = None,
     ):
         self.settings = settings
-        self.ledger = ledger
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         metrics.declare_phases([p.value for p in Phase], self.lifecycle.phase.value)
         self.lifecycle.listeners.append(metrics.phase_changed)
-        self.service: CompletionService | None = None
-        self.admission: Admission | None = None  # its counters charge output per step
+        self.service: CompletionService | None = None  # once ready
+        self._pipeline: CompletionService | None = None  # once built (warm-up steps count)
         self.engine: Engine | None = None
         self.exit_code = 0
         self.inflight = InFlight()  # requests being served (see app.api.middleware)
         self.watchdog = Watchdog(settings, metrics)
         self._build = build
+        self._assemble = assemble
         self._on_exit = on_exit
         self._tasks: set[asyncio.Task[None]] = set()
         self._exiting = False
@@ -69,23 +69,7 @@ class Supervisor:
         try:
             lc.enter(Phase.LOADING)
             engine = self.engine = await self._build(self.engine_step)
-            s = self.settings
-            places = s.max_inflight
-            if s.tenants_file is not None:
-                # The backlog waits in our queue, where priority and fair
-                # shares order it, not in the engine's first-come one.
-                places = min(places, engine.max_num_seqs)
-            admission = Admission(
-                places,
-                s.max_queue,
-                s.max_queued_tokens,
-                reserve=s.priority_reserve,
-                reserve_priority=s.reserve_priority,
-                engine_slots=engine.max_num_seqs,
-            )
-            self.metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
-            self.admission = admission
-            service = CompletionService(engine, s, self.metrics, admission, self.ledger)
+            service = self._pipeline = self._assemble(engine)
             lc.enter(Phase.WARMING)
             await warm_up(engine, self.settings.warmup)
             freeze_startup_heap()
@@ -102,8 +86,8 @@ class Supervisor:
         """Once per engine step, from vLLM's stat logger (on the event loop);
         None when the step came without scheduler stats."""
         self.watchdog.heartbeat()
-        if self.admission is not None:
-            self.admission.step()
+        if self._pipeline is not None:
+            self._pipeline.engine_stepped()
         if step is not None:
             self.metrics.engine_step(step)
 

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from app.errors import GatewayError
+from app.errors import CLIENT_CLOSED, GatewayError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+
+class Party(Protocol):
+    """The caller, as a record shows it (app.tenancy.tenants.Tenant)."""
+
+    @property
+    def name(self) -> str: ...
+
 
 # The outcome of a request, from its status and how its run ended.
 OUTCOMES = (
@@ -30,7 +41,7 @@ class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.monotonic)
     ts: float = field(default_factory=time.time)
-    tenant: Any = None  # app.tenancy.tenants.Tenant, once the key is known
+    tenant: Party | None = None  # once the key is known
     # From the validated request (prepared()).
     id: str | None = None
     model: str | None = None
@@ -54,13 +65,13 @@ class RequestRecord:
     stream_error: GatewayError | None = None  # the error event a stream ended with
     rejection: GatewayError | None = None  # the error it was answered with, if any
     # Budgets (app.tenancy.ledger).
-    charge: Any = None  # app.tenancy.budgets.Charge
+    charge: object = None  # app.tenancy.budgets.Charge: the ledger's, narrowed where read
     concurrent: bool = False  # counted in its tenant's concurrency
     # Tracing (app.observability.tracing).
-    span: Any = None
+    span: Span | None = None
     trace_headers: dict[str, str] | None = None  # for the engine's own spans
     exemplar: dict[str, str] | None = None  # {"trace_id": ...} when sampled
-    content: dict[str, Any] | None = None  # prompt and output (GATEWAY_TRACE_CONTENT)
+    content: dict[str, object] | None = None  # prompt and output (GATEWAY_TRACE_CONTENT)
 
     def prepared(
         self,
@@ -68,21 +79,37 @@ class RequestRecord:
         model: str,
         priority: int,
         prompt_tokens: int,
-        **request: Any,
+        *,
+        requested_model: str | None,
+        truncated_tokens: int,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
     ) -> None:
         """The validated request: its id, model, priority, tokens, and the
-        sampling values a trace reports (max_tokens, temperature, ...)."""
+        sampling values a trace reports."""
         self.id, self.model, self.priority = answer_id, model, priority
-        self.prompt_tokens = prompt_tokens
-        for name, value in request.items():
-            setattr(self, name, value)
+        self.prompt_tokens, self.truncated_tokens = prompt_tokens, truncated_tokens
+        self.requested_model, self.max_tokens = requested_model, max_tokens
+        self.temperature, self.top_p = temperature, top_p
 
-    def finished_run(self, **facts: Any) -> None:
-        """Its run is over: completion_tokens, cached_tokens, finish_reasons,
-        queue_s, ttft_s, run_at, last_token_at, gone."""
+    def finished_run(
+        self,
+        *,
+        completion_tokens: int,
+        cached_tokens: int,
+        finish_reasons: list[str | None],
+        queue_s: float | None,
+        ttft_s: float | None,
+        run_at: float | None,
+        last_token_at: float | None,
+        gone: bool,
+    ) -> None:
+        """Its run is over."""
         self.ran = True
-        for name, value in facts.items():
-            setattr(self, name, value)
+        self.completion_tokens, self.cached_tokens = completion_tokens, cached_tokens
+        self.finish_reasons, self.queue_s, self.ttft_s = finish_reasons, queue_s, ttft_s
+        self.run_at, self.last_token_at, self.gone = run_at, last_token_at, gone
 
     def rejected(self, exc: GatewayError) -> None:
         self.rejection = exc
@@ -98,7 +125,7 @@ class RequestRecord:
         return self.rejection
 
     def outcome(self, status: int) -> str:
-        if status == 499 or (status == 200 and self.gone):
+        if status == CLIENT_CLOSED or (status == 200 and self.gone):
             return "client_gone"
         if status == 200 and self.stream_error is not None:
             status = int(self.stream_error.status)  # the stream's 200 ended in this error

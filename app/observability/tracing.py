@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app import __version__
-from app.errors import GatewayError
+from app.errors import CLIENT_CLOSED, GatewayError
 from app.observability.record import RequestRecord
 
 _OPERATION = {"/v1/completions": "text_completion", "/v1/chat/completions": "chat"}
@@ -102,6 +102,8 @@ class Tracing:
 
     def ids(self, record: RequestRecord) -> tuple[str, str] | None:
         """(trace id, span id) in hex, for log lines."""
+        if record.span is None:
+            return None
         ctx = record.span.get_span_context()
         if not ctx.is_valid:
             return None
@@ -120,7 +122,7 @@ class Tracing:
         if outcome == "client_gone":
             span.add_event("gateway.client_gone", timestamp=record.wall_ns(now))
         error = record.error(status)
-        if error is not None or (status >= 400 and status != 499):
+        if error is not None or (status >= 400 and status != CLIENT_CLOSED):
             self._failed(span, error, status)
         if record.content is not None:
             span.set_attribute("gen_ai.input.messages", json.dumps(record.content.get("input")))

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.observability.tenant_metrics import TenantMetrics
 from app.tenancy.ledger import Ledger, UsageLog
 from app.tenancy.quota import open_store
-from app.tenancy.tenants import Tenant, TenantBook, TenantsFileError
+from app.tenancy.tenants import Tenant, TenantBook, TenantsFileError, load_keys
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ class Tenancy:
         logger.info("tenants file reloaded: %d tenants", len(self.book.tenants))
 
 
-def build_tenancy(settings: Settings, plain: list[bytes], registry: CollectorRegistry) -> Tenancy:
-    """Raises TenantsFileError for a bad tenants file."""
+def build_tenancy(settings: Settings, registry: CollectorRegistry) -> Tenancy:
+    """Raises TenantsFileError for a bad tenants file (OSError for an
+    unreadable key file)."""
+    plain = load_keys(settings.api_keys, settings.api_key_file)
     book = TenantBook(settings.tenants_file, plain, settings.priority_floor)
     if settings.tenants_file is not None and not book.tenants:
         logger.warning(

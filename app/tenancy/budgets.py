@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from app.errors import BudgetExceeded, InvalidRequest
 from app.tenancy.tenants import Tenant
@@ -62,25 +61,6 @@ class Verdict:
     counts: tuple[int, ...]
     refused: int | None = None
     local: bool = False  # charged on this process's own counters (the fleet's unreachable)
-
-
-class QuotaStore(Protocol):
-    async def charge(self, windows: list[Window], charge_id: str = "") -> Verdict:
-        """Atomically: if every window has room for its `add`, add them all."""
-        ...
-
-    async def refund(
-        self,
-        windows: list[Window],
-        tokens: int,
-        *,
-        requests: int = 0,
-        charge_id: str = "",
-        local: bool = False,
-    ) -> None:
-        """Give `tokens` back to each token window and `requests` to each
-        request window, in the store the charge was taken in (`local`)."""
-        ...
 
 
 def _duration(seconds: float) -> str:

@@ -30,14 +30,13 @@ from app.observability.tenant_metrics import TenantMetrics
 from app.tenancy.budgets import (
     Charge,
     Concurrency,
-    QuotaStore,
     Window,
     rate_headers,
     refusal,
     too_large,
     windows,
 )
-from app.tenancy.quota import MemoryStore
+from app.tenancy.quota import MemoryStore, QuotaStore
 from app.tenancy.tenants import UNNAMED, Tenant
 
 logger = logging.getLogger(__name__)
@@ -221,12 +220,12 @@ class Ledger:
             logger.exception("accounting request %s failed", record.request_id)
 
     def _finish(self, record: RequestRecord, status: int) -> None:
-        tenant = record.tenant
+        tenant = record.tenant if isinstance(record.tenant, Tenant) else None
         if tenant is not None and record.concurrent:
             self.concurrency.leave(tenant)
         used = record.prompt_tokens + record.completion_tokens if record.ran else 0
         outcome = record.outcome(status)
-        charge = record.charge
+        charge = record.charge if isinstance(record.charge, Charge) else None
         if charge is not None and not charge.settled and self.store is not None:
             charge.settled = True
             back = max(0, charge.tokens - used)

@@ -15,12 +15,31 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import Unavailable
-from app.tenancy.budgets import QuotaStore, Verdict, Window
+from app.tenancy.budgets import Verdict, Window
 
 logger = logging.getLogger(__name__)
+
+
+class QuotaStore(Protocol):
+    async def charge(self, windows: list[Window], charge_id: str = "") -> Verdict:
+        """Atomically: if every window has room for its `add`, add them all."""
+        ...
+
+    async def refund(
+        self,
+        windows: list[Window],
+        tokens: int,
+        *,
+        requests: int = 0,
+        charge_id: str = "",
+        local: bool = False,
+    ) -> None:
+        """Give `tokens` back to each token window and `requests` to each
+        request window, in the store the charge was taken in (`local`)."""
+        ...
 
 
 class MemoryStore:

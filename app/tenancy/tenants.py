@@ -91,10 +91,23 @@ class Tenant:
         return max(asked, self.min_priority)
 
 
-def _digest(key: str) -> bytes:
-    if key.startswith(_DIGEST_PREFIX):
-        return bytes.fromhex(key[len(_DIGEST_PREFIX) :])
-    return hashlib.sha256(key.strip().encode()).digest()
+def key_digest(key: str | bytes) -> bytes:
+    """What a key is known by: the SHA-256 of the key as clients send it
+    (surrounding blanks ignored). A file's `sha256:<hex>` entry is one already."""
+    if isinstance(key, str):
+        if key.startswith(_DIGEST_PREFIX):
+            return bytes.fromhex(key[len(_DIGEST_PREFIX) :])
+        key = key.encode()
+    return hashlib.sha256(key.strip()).digest()
+
+
+def load_keys(keys: list[str], key_file: Path | None) -> list[bytes]:
+    """Digests of the plain keys (GATEWAY_API_KEYS, and one per line of
+    GATEWAY_API_KEY_FILE; `#` starts a comment line)."""
+    raw = [k.strip() for k in keys]
+    if key_file is not None:
+        raw += [line.strip() for line in key_file.read_text().splitlines()]
+    return [key_digest(k.encode()) for k in raw if k and not k.startswith("#")]
 
 
 def _where(loc: tuple[Any, ...], entries: list[Any]) -> str:
@@ -151,7 +164,7 @@ def parse_tenants(
                 f"{source}: tenants[{i}] ({e.name}).name: used twice, or reserved"
             )
         seen_names.add(e.name)
-        digests = [_digest(k) for k in e.keys]
+        digests = [key_digest(k) for k in e.keys]
         for d in digests:
             if d in seen_keys:
                 raise TenantsFileError(
@@ -226,7 +239,7 @@ class TenantBook:
     def lookup(self, token: bytes) -> Tenant | None:
         """The tenant whose key `token` is, or None. Compares against every
         key, always, so timing says nothing about which matched."""
-        digest = hashlib.sha256(token.strip()).digest()
+        digest = key_digest(token)
         matched = None
         for known, tenant in self._pairs:
             if hmac.compare_digest(digest, known):

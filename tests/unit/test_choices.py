@@ -199,10 +199,10 @@ def _text(m: Metrics) -> str:
 
 
 def test_coalescing_merges_deltas_after_the_first_and_keeps_the_text() -> None:
-    from app.completion.service import _coalesced
+    from app.completion.stream import coalesced
 
     acc = Choices(prepared(logprobs=0), TOK, metrics())
-    feed = _coalesced(acc.feed, 3)
+    feed = coalesced(acc.feed, 3)
     outs = [
         ReqOut([Out(0, c, [70 + i], logprobs=[position(70 + i, -1.0)])])
         for i, c in enumerate("abcdefg")

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.completion.admission import Admission
+from app.completion.assembly import build_service
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest
-from app.completion.service import CompletionService, CompletionStream
-from app.completion.sse import DONE_EVENT, error_events, sse_event
+from app.completion.service import CompletionService
+from app.completion.stream import CompletionStream
+from app.completion.wire import DONE_EVENT, TEXT, error_events, sse_event
 from app.config import Settings
 from app.engine.protocol import SamplingOptions
 from app.errors import (
@@ -75,11 +76,16 @@ def service(
     **overrides: object,
 ) -> tuple[CompletionService, Metrics]:
     overrides.setdefault("served_model_name", "fake")
-    settings = Settings(chat_template="mobilellama-v1", **overrides)  # type: ignore[arg-type]
+    settings = Settings(
+        chat_template="mobilellama-v1",
+        max_inflight=max_inflight,
+        max_queue=max_queue,
+        max_queued_tokens=10_000,
+        **overrides,  # type: ignore[arg-type]
+    )
     metrics = Metrics(CollectorRegistry(), "fake")
     engine = FakeEngine(script, max_model_len=max_model_len)
-    admission = Admission(max_inflight, max_queue, 10_000)
-    return CompletionService(engine, settings, metrics, admission), metrics  # type: ignore[arg-type]
+    return build_service(settings, engine, metrics), metrics  # type: ignore[arg-type]
 
 
 def sample(metrics: Metrics, name: str) -> float | None:
@@ -133,7 +139,7 @@ async def test_a_stream_sends_the_same_text_as_chunks_then_usage_then_done() -> 
 
 
 async def test_the_text_fast_path_writes_what_json_dumps_writes() -> None:
-    """The per-token encoder (app.completion.sse) against the generic chunk
+    """The per-token encoder (app.completion.wire) against the generic chunk
     of the same delta, for text that needs escaping and a line separator."""
     svc, _ = service()
     for include_usage in (False, True):
@@ -145,8 +151,7 @@ async def test_the_text_fast_path_writes_what_json_dumps_writes() -> None:
         )  # fmt: skip
         stream = await svc.open_stream(prep)
         try:
-            fast = stream._encode
-            from app.completion.formats import TEXT
+            fast = stream.frames.delta
 
             for d in stream.choices.feed(0, ReqOut([Out(0, 'q"\\\u2028é\n', [5], "stop")])):
                 generic = sse_event(
@@ -309,7 +314,7 @@ async def test_a_constraint_reaches_the_engine_and_is_counted() -> None:
 
 async def test_the_engines_refusal_of_a_constraint_names_its_field() -> None:
     async def refuses(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
-        raise InvalidRequest("Failed to transform grammar")
+        raise ValueError("Failed to transform grammar: root ::= oops")
         yield ReqOut([])  # pragma: no cover
 
     svc, _ = service(refuses)
@@ -320,6 +325,7 @@ async def test_the_engines_refusal_of_a_constraint_names_its_field() -> None:
         await svc.complete(prep)
     assert info.value.param == "structured_outputs.grammar"
     assert info.value.reason == "invalid_constraint"
+    assert "oops" not in info.value.message  # the backend's quote of the constraint is not told
 
 
 async def test_scoring_returns_the_prompt_and_its_logprobs_without_the_generated_token() -> None:
@@ -434,7 +440,7 @@ async def test_a_queued_request_whose_client_leaves_frees_its_place_in_the_queue
 
 
 def engine_of(svc: CompletionService) -> FakeEngine:
-    engine = svc.engine
+    engine = svc.runner.engine
     assert isinstance(engine, FakeEngine)
     return engine
 

@@ -1,4 +1,4 @@
-"""The SSE wire format (app/completion/sse.py) checked directly: each event
+"""The SSE wire format (app/completion/wire.py) checked directly: each event
 one `data:` line and a blank line, the text fast path equal to what the
 generic encoder writes, the usage chunk, the error event, [DONE] last."""
 
@@ -11,10 +11,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.completion.sse import (
+from app.completion.wire import (
+    CHAT,
     DONE_EVENT,
+    TEXT,
+    Frames,
     chunk_event,
-    end_events,
     error_events,
     sse_event,
     text_delta_encoder,
@@ -80,11 +82,33 @@ def test_one_event_is_one_line_whatever_the_text(text: str) -> None:
     assert events(wire) == [{"t": text}]
 
 
+def frames(fmt: Any = TEXT, include_usage: bool = False) -> Frames:
+    prep = SimpleNamespace(
+        request_id="cmpl-1", created=7, model="m", include_usage=include_usage, logprobs=None
+    )
+    return fmt.frames(prep)  # type: ignore[no-any-return]
+
+
 def test_a_stream_ends_with_done_and_the_usage_chunk_only_when_asked() -> None:
-    assert end_events(HEAD, None) == DONE_EVENT == "data: [DONE]\n\n"
+    assert frames().end(None) == DONE_EVENT == "data: [DONE]\n\n"
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    wire = end_events(HEAD, usage)
+    wire = frames(include_usage=True).end(usage)  # type: ignore[arg-type]
     assert events(wire) == [{**HEAD, "choices": [], "usage": usage}, "[DONE]"]
+
+
+def test_the_usage_tail_is_on_every_chunk_of_a_stream_that_asked_for_usage() -> None:
+    """With include_usage, each chunk before the last carries "usage": null
+    (the opening chunk of a chat stream too); without it, no usage key."""
+    for include_usage, tail in ((True, {"usage": None}), (False, {})):
+        chat = frames(CHAT, include_usage)
+        choice = SimpleNamespace(index=2)
+        head = {**HEAD, "object": "chat.completion.chunk"}
+        opening = {"index": 2, "delta": {"role": "assistant", "content": ""},
+                   "logprobs": None, "finish_reason": None}  # fmt: skip
+        assert events(chat.opening(choice)) == [{**head, "choices": [opening], **tail}]  # type: ignore[arg-type]
+        [chunk] = events(frames(TEXT, include_usage).delta(delta("x", 1, "stop")))
+        assert chunk == {**HEAD, "choices": [{"index": 1, "text": "x", "logprobs": None,
+                                              "finish_reason": "stop"}], **tail}  # fmt: skip
 
 
 def test_a_broken_stream_ends_with_its_error_then_done() -> None:

@@ -12,7 +12,7 @@ import pytest
 from starlette.types import Message
 
 from app.api.sse_response import StreamResponse
-from app.completion.sse import line_safe
+from app.completion.wire import line_safe
 from app.errors import EngineFailure, GatewayError
 from app.scopes import BODY_SEND
 

@@ -404,7 +404,7 @@ def test_bad_files_that_escaped_are_one_line_at_start_and_kept_out_on_reload(
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     f.write_text(TWO)
     registry = CollectorRegistry()
-    tenancy = build_tenancy(Settings(tenants_file=f), [], registry)
+    tenancy = build_tenancy(Settings(tenants_file=f), registry)
     f.write_bytes(data)
     with caplog.at_level(logging.ERROR):
         tenancy.hangup()  # before: an "Exception in callback" for some
@@ -470,7 +470,7 @@ def test_the_usage_log_reopens_after_a_rename_and_counts_a_failing_disk(
 def test_a_431_before_the_app_is_one_usage_line(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     log = tmp_path / "u.jsonl"
-    tenancy = build_tenancy(Settings(usage_log=str(log)), [], registry)
+    tenancy = build_tenancy(Settings(usage_log=str(log)), registry)
     assert tenancy.ledger is not None
     tenancy.ledger.refused_early(431, "rejected")
     asyncio.run(tenancy.ledger.close())
@@ -512,7 +512,10 @@ def test_a_refused_request_gives_its_request_back_and_labels_stay_bounded() -> N
     async def scenario() -> None:
         record = RequestRecord("/v1/completions", "id1")
         await ledger.charge(record, t, 5)
-        record.prepared("id1", "m", 0, 5)
+        record.prepared(
+            "id1", "m", 0, 5, requested_model=None, truncated_tokens=0,
+            max_tokens=4, temperature=None, top_p=None,
+        )  # fmt: skip
         from app.errors import Overloaded
 
         record.rejected(Overloaded("full"))

@@ -10,7 +10,6 @@ from app.completion.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from app.errors import InvalidRequest
 
 router = APIRouter()
 
@@ -34,10 +33,7 @@ async def tokenize(body: TokenizeRequest, model: ModelDep, tokenizer: TokenizerD
 async def detokenize(body: DetokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
     """Turn token ids back into text (vLLM's shape)."""
     model.check(body.model)
-    if body.tokens and max(body.tokens) >= model.vocab_size:
-        raise InvalidRequest(
-            f"Token ids must be below the vocabulary size {model.vocab_size}.", param="tokens"
-        )
+    model.check_tokens(body.tokens, "tokens")
     result: DetokenizeResponse = {
         "prompt": await tokenizer.decode(body.tokens, skip_special_tokens=False)
     }

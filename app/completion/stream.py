@@ -1,0 +1,152 @@
+"""One streamed completion, whole in one place: the stream object the HTTP
+layer reads (app.api.sse_response), the feed that turns engine outputs into
+deltas (Choices.feed, coalesced to stream_interval), its start and its end,
+and the report of its run (`settle`), which the whole answer uses too.
+
+    stream = CompletionStream(runner.open(prep), Choices(prep, ...))
+    await stream.start()                  # unless queued: errors come as statuses
+    while not stream.done:
+        write(await stream.next_events())
+    await stream.close()                  # however it ended
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from app.completion.choices import Choices, Delta
+from app.completion.generation import Generation
+from app.completion.wire import CHAT, TEXT
+from app.engine.protocol import RequestOutput
+from app.errors import GatewayError
+
+Feed = Callable[[int, RequestOutput], Iterable[Delta]]
+
+
+def settle(generation: Generation, choices: Choices) -> None:
+    """A run is over (before its place goes back): settle its flow's share
+    to the tokens it used, and tell its record."""
+    prep, place = generation.prep, generation.place
+    place.used = prep.prompt_tokens + choices.completion_tokens
+    record = prep.record
+    if record is not None:
+        record.finished_run(
+            completion_tokens=choices.completion_tokens,
+            cached_tokens=generation.cached_tokens,
+            finish_reasons=choices.finish_reasons(),
+            queue_s=place.queue_seconds(),
+            ttft_s=choices.ttft(),
+            run_at=place.started,
+            last_token_at=choices.last_token_at(),
+            gone=not (generation.finished or generation.failed),
+        )
+        if record.content is not None:
+            record.content["output"] = choices.texts()
+
+
+def coalesced(feed: Feed, interval: int) -> Feed:
+    """`feed`, with each choice's deltas after its first merged until they
+    hold `interval` tokens or finish (vLLM 0.32's stream_interval, done here
+    so it works on every vLLM)."""
+    pending: dict[int, Delta] = {}
+
+    def merged(prompt_index: int, out: RequestOutput) -> Iterator[Delta]:
+        for d in feed(prompt_index, out):
+            if d.first:
+                yield d  # always alone: the time to first token is not traded away
+                continue
+            key = d.choice.index
+            held = pending.get(key)
+            if held is not None:
+                held.text += d.text
+                held.tokens += d.tokens
+                held.finish_reason = d.finish_reason
+                d = held
+            if d.tokens >= interval or d.finish_reason is not None:
+                pending.pop(key, None)
+                yield d
+            else:
+                pending[key] = d
+
+    return merged
+
+
+class CompletionStream:
+    """A streaming request, told as SSE events: each `next_events()` waits
+    for the engine's next output and returns the events it makes (several
+    joined into one write when they are ready together), the last time with
+    the usage chunk and `[DONE]`. `close()` aborts what is unfinished and
+    gives the admission place back; the HTTP layer calls it when the
+    response ends however it ends (even if no event was asked for), so
+    nothing is held after the client has gone.
+
+    A coroutine per output rather than an async generator of chunks: every
+    level of generator between the engine and the socket is resumed and
+    suspended again for every token of every stream."""
+
+    def __init__(self, generation: Generation, choices: Choices):
+        self.generation = generation
+        self.choices = choices
+        self.done = False
+        prep = generation.prep
+        self._deltas: Feed = choices.feed
+        if prep.stream_interval > 1:
+            self._deltas = coalesced(choices.feed, prep.stream_interval)
+        # One prompt's output that finishes it is the last: its events go
+        # out with the usage chunk and [DONE], in one write.
+        self._single = len(prep.prompts) == 1
+        self.frames = (CHAT if prep.chat else TEXT).frames(prep)
+
+    @property
+    def queued(self) -> bool:
+        """It waits for a place inside the stream (keep-alive comments meanwhile)."""
+        return self.generation.queued
+
+    async def start(self) -> None:
+        """Start a running request and wait for its first output, so that
+        errors the engine raises on admission still become an HTTP status;
+        on any error the stream is closed."""
+        try:
+            await self.generation.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def next_events(self) -> str:
+        """The events of the next output ("" when it brought nothing to
+        send); after `done`, no more."""
+        generation, frames = self.generation, self.frames
+        encode = frames.delta
+        events: list[str] = []
+        while True:
+            try:
+                i, out = await generation.__anext__()
+            except StopAsyncIteration:
+                events.append(self._end())
+                return "".join(events)
+            for d in self._deltas(i, out):
+                if frames.opens and d.first:
+                    events.append(frames.opening(d.choice))
+                events.append(encode(d))
+            if not (self._single and out.finished):
+                return "".join(events)
+            # The engine ends this stream right after its finished output.
+
+    def _end(self) -> str:
+        self.done = True
+        usage = None
+        if self.generation.prep.include_usage:
+            usage = self.choices.usage(self.generation.cached_tokens)
+        return self.frames.end(usage)
+
+    def failed(self, error: GatewayError) -> None:
+        metrics = self.choices.metrics
+        metrics.stream_errors.labels(metrics.model, error.type).inc()
+        record = self.generation.prep.record
+        if record is not None:
+            record.stream_error = error
+
+    async def close(self) -> None:
+        if self.generation.place.used is None:
+            settle(self.generation, self.choices)
+        await self.generation.close()
