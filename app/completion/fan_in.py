@@ -1,13 +1,61 @@
-"""Several async generators read as one: what a request with several
-prompts uses to merge their engine outputs as they come."""
+"""The engine requests of one run, read as one sequence of outputs: one
+prompt's output stream as the engine gives it, several prompts' tracked,
+tagged with their index and merged as they come (fan_in)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from app.completion.prepared import PreparedCompletion, PreparedPrompt
+from app.engine.protocol import Engine, RequestOutput
 
 T = TypeVar("T")
+
+
+def engine_outputs(
+    engine: Engine,
+    prep: PreparedCompletion,
+    active: set[str],
+    accepted: Callable[[PreparedPrompt, RequestOutput], None],
+) -> AsyncGenerator[Any, None]:
+    """The run's engine requests, each in `active` while it runs. One prompt:
+    the engine's own output stream, untagged (no generator of ours between
+    it and the consumer: each level costs per token), and its first output
+    goes to `accepted` by the caller. Several: each prompt's outputs tagged
+    with its index, `accepted` told of each one's first, all fanned in."""
+    trace = prep.record.trace_headers if prep.record is not None else None
+
+    def request(prompt: PreparedPrompt, request_id: str) -> AsyncGenerator[RequestOutput, None]:
+        return engine.generate(
+            prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority, trace
+        )
+
+    if len(prep.prompts) == 1:
+        active.add(prep.request_id)
+        return request(prep.prompts[0], prep.request_id)
+
+    async def tagged(
+        index: int, prompt: PreparedPrompt, request_id: str
+    ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+        active.add(request_id)
+        try:
+            # Closed here and now when we are (its abort runs at once, not
+            # whenever the garbage collector finalises it).
+            gen = request(prompt, request_id)
+            first = True
+            async with aclosing(gen):
+                async for out in gen:
+                    if first:
+                        accepted(prompt, out)
+                        first = False
+                    yield index, out
+        finally:
+            active.discard(request_id)
+
+    return fan_in([tagged(i, p, f"{prep.request_id}-{i}") for i, p in enumerate(prep.prompts)])
 
 
 async def fan_in(sources: list[AsyncGenerator[T, None]]) -> AsyncGenerator[T, None]:

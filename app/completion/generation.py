@@ -9,19 +9,19 @@ and, however it ends, the abort of what is unfinished and the place given back.
 
 A deadline that passes becomes `RequestTimeout` here, counted once; a
 generation closed before its outputs ended, without an error or timeout,
-is a client that went away, counted once.
+is a client that went away, counted once. `settle` tells the place and the
+record what the run used; one that fails to start settles and closes itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import Any
 
 from app.completion.admission import Admission, Place
-from app.completion.fan_in import fan_in
+from app.completion.fan_in import engine_outputs
 from app.completion.prepared import PreparedCompletion, PreparedPrompt
 from app.engine.protocol import Engine, RequestOutput
 from app.errors import GatewayError, RequestTimeout
@@ -122,7 +122,16 @@ class Generation:
 
     async def start(self) -> None:
         """Wait for a running place, submit, and wait for the first output, so
-        that errors the engine raises on admission come before any answer."""
+        that errors the engine raises on admission come before any answer.
+        If it fails, the generation is over: settled (nothing came out), closed."""
+        try:
+            await self._start()
+        except BaseException:
+            self.settle()
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         deadline = self.prep.deadline
         if self._timer is None and deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline, self.interrupt)
@@ -131,7 +140,9 @@ class Generation:
         task = self._waiter = asyncio.current_task()
         try:
             await self.place.wait()
-            self._source = self._fan_in()
+            self._source = engine_outputs(
+                self.runner.engine, self.prep, self.runner.active, self._accepted
+            )
             try:
                 first = await anext(self._source)
             except StopAsyncIteration:
@@ -203,6 +214,35 @@ class Generation:
         broken = self.runner.broken
         return broken if broken is not None else self.runner.timed_out()
 
+    def settle(
+        self,
+        completion_tokens: int = 0,
+        finish_reasons: list[str | None] | None = None,
+        ttft_s: float | None = None,
+        last_token_at: float | None = None,
+        texts: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """The run is over (before its place goes back; once): settle its
+        flow's share to the tokens it used, and tell its record."""
+        prep, place = self.prep, self.place
+        if place.used is not None:
+            return
+        place.used = prep.prompt_tokens + completion_tokens
+        record = prep.record
+        if record is not None:
+            record.finished_run(
+                completion_tokens=completion_tokens,
+                cached_tokens=self.cached_tokens,
+                finish_reasons=finish_reasons or [],
+                queue_s=place.queue_seconds(),
+                ttft_s=ttft_s,
+                run_at=place.started,
+                last_token_at=last_token_at,
+                gone=not (self.finished or self.failed),
+            )
+            if record.content is not None and texts is not None:
+                record.content["output"] = texts()
+
     def interrupt(self) -> None:
         """End the current wait now (the deadline passed, or the engine is
         hung); a consumer between waits meets it at its next one."""
@@ -241,25 +281,6 @@ class Generation:
     ) -> None:
         await self.close()
 
-    # -- the engine requests ------------------------------------------------
-
-    def _fan_in(self) -> AsyncGenerator[Any, None]:
-        prep = self.prep
-        if self._single:
-            self.runner.active.add(prep.request_id)
-            return self._engine_request(prep.prompts[0], prep.request_id)
-        request_id = prep.request_id
-        return fan_in([self._run(i, p, f"{request_id}-{i}") for i, p in enumerate(prep.prompts)])
-
-    def _engine_request(
-        self, prompt: PreparedPrompt, request_id: str
-    ) -> AsyncGenerator[RequestOutput, None]:
-        p = self.prep
-        trace = p.record.trace_headers if p.record is not None else None
-        return self.runner.engine.generate(
-            prompt.token_ids, p.options, request_id, p.cache_salt, p.priority, trace
-        )
-
     def _accepted(self, prompt: PreparedPrompt, first: RequestOutput) -> None:
         """A prompt's first output: the engine took it; count its tokens, and
         those it found in the prefix cache (vLLM >= 0.2x reports them)."""
@@ -269,23 +290,3 @@ class Generation:
         if cached:
             self.cached_tokens += cached
             metrics.prompt_cached_tokens.inc(cached)
-
-    async def _run(
-        self, index: int, prompt: PreparedPrompt, request_id: str
-    ) -> AsyncGenerator[Tagged, None]:
-        """One engine request, tracked for drain and counted once it is accepted."""
-        runner = self.runner
-        runner.active.add(request_id)
-        try:
-            # Closed here and now when we are (its abort runs at once, not
-            # whenever the garbage collector finalises it).
-            gen = self._engine_request(prompt, request_id)
-            accepted = False
-            async with aclosing(gen):
-                async for out in gen:
-                    if not accepted:
-                        self._accepted(prompt, out)
-                        accepted = True
-                    yield index, out
-        finally:
-            runner.active.discard(request_id)

@@ -110,7 +110,6 @@ class CompletionService:
         at once: it waits inside the stream, whose keep-alive comments tell
         the client and proxies that it is alive."""
         generation = self.runner.open(prep)
-        stream = CompletionStream(generation, Choices(prep, self.tokenizer.sync, self.metrics))
-        if not stream.queued:
-            await stream.start()
-        return stream
+        if not generation.queued:
+            await generation.start()  # if it fails, it is settled and closed
+        return CompletionStream(generation, Choices(prep, self.tokenizer.sync, self.metrics))

@@ -1,10 +1,11 @@
 """One streamed completion, whole in one place: the stream object the HTTP
 layer reads (app.api.sse_response), the feed that turns engine outputs into
-deltas (Choices.feed, coalesced to stream_interval), its start and its end,
+deltas (Choices.feed, coalesced to stream_interval), its end,
 and the report of its run (`settle`), which the whole answer uses too.
 
-    stream = CompletionStream(runner.open(prep), Choices(prep, ...))
-    await stream.start()                  # unless queued: errors come as statuses
+    generation = runner.open(prep)
+    await generation.start()              # unless queued: errors come as statuses
+    stream = CompletionStream(generation, Choices(prep, ...))
     while not stream.done:
         write(await stream.next_events())
     await stream.close()                  # however it ended
@@ -24,24 +25,14 @@ Feed = Callable[[int, RequestOutput], Iterable[Delta]]
 
 
 def settle(generation: Generation, choices: Choices) -> None:
-    """A run is over (before its place goes back): settle its flow's share
-    to the tokens it used, and tell its record."""
-    prep, place = generation.prep, generation.place
-    place.used = prep.prompt_tokens + choices.completion_tokens
-    record = prep.record
-    if record is not None:
-        record.finished_run(
-            completion_tokens=choices.completion_tokens,
-            cached_tokens=generation.cached_tokens,
-            finish_reasons=choices.finish_reasons(),
-            queue_s=place.queue_seconds(),
-            ttft_s=choices.ttft(),
-            run_at=place.started,
-            last_token_at=choices.last_token_at(),
-            gone=not (generation.finished or generation.failed),
-        )
-        if record.content is not None:
-            record.content["output"] = choices.texts()
+    """A run is over: its generation settled with what its choices hold."""
+    generation.settle(
+        choices.completion_tokens,
+        choices.finish_reasons(),
+        choices.ttft(),
+        choices.last_token_at(),
+        choices.texts,
+    )
 
 
 def coalesced(feed: Feed, interval: int) -> Feed:
@@ -97,21 +88,6 @@ class CompletionStream:
         self._single = len(prep.prompts) == 1
         self.frames = (CHAT if prep.chat else TEXT).frames(prep)
 
-    @property
-    def queued(self) -> bool:
-        """It waits for a place inside the stream (keep-alive comments meanwhile)."""
-        return self.generation.queued
-
-    async def start(self) -> None:
-        """Start a running request and wait for its first output, so that
-        errors the engine raises on admission still become an HTTP status;
-        on any error the stream is closed."""
-        try:
-            await self.generation.start()
-        except BaseException:
-            await self.close()
-            raise
-
     async def next_events(self) -> str:
         """The events of the next output ("" when it brought nothing to
         send); after `done`, no more."""
@@ -147,6 +123,5 @@ class CompletionStream:
             record.stream_error = error
 
     async def close(self) -> None:
-        if self.generation.place.used is None:
-            settle(self.generation, self.choices)
+        settle(self.generation, self.choices)
         await self.generation.close()
