@@ -85,9 +85,9 @@ verify: $(STAMP)
 # The engine-facing tests against vLLM 0.18.0 (the seed's Ascend stack's
 # vLLM) on the CPU, in a second venv (~8 GB, ~3 min to build once).
 COMPAT := .venv-compat
-COMPAT_TESTS ?= tests/api/test_completions.py tests/api/test_chat.py tests/api/test_disconnect.py tests/api/test_structured.py tests/api/test_tracing.py \
-	tests/api/test_metrics.py tests/api/test_models_tokenize.py tests/lifecycle \
-	"tests/api/test_verify_and_info.py::test_gateway_info_shows_the_effective_engine"
+COMPAT_TESTS ?= tests/e2e/test_completions.py tests/e2e/test_chat.py tests/e2e/test_disconnect.py tests/e2e/test_structured.py tests/e2e/test_tracing.py \
+	tests/e2e/test_metrics.py tests/e2e/test_models_tokenize.py tests/lifecycle \
+	"tests/e2e/test_verify_and_info.py::test_gateway_info_shows_the_effective_engine"
 test-compat: $(FIXTURE) $(PROMTOOL)
 	scripts/setup_compat.sh $(COMPAT)
 	EXPECT_VLLM_VERSION=0.18.0 LD_PRELOAD="$$(ldconfig -p | awk '/libtcmalloc_minimal.so.4 /{print $$NF; exit}'):$(CURDIR)/$(COMPAT)/lib/libiomp5.so" \

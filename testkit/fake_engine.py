@@ -1,6 +1,6 @@
 """A scripted engine: faults no real engine gives on demand (an error event
 mid-stream, a hang, a 500), and the fast pipeline tests (tests/unit). Every
-behaviour it stands in for also has a real-engine test (tests/api,
+behaviour it stands in for also has a real-engine test (tests/e2e,
 tests/lifecycle)."""
 
 from __future__ import annotations

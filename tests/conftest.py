@@ -25,7 +25,7 @@ pytest_plugins = ["tests.support.no_skips", "pytester"]
 # Tests under these folders, or using these fixtures, start real gateways
 # (the vLLM engine): marked `engine`, so `pytest -m "not engine"` is the
 # fast suite.
-_ENGINE_DIRS = ("api", "lifecycle")
+_ENGINE_DIRS = ("e2e", "lifecycle")
 _ENGINE_FIXTURES = {"gateway", "secured", "client", "http", "strict"}
 
 

@@ -21,6 +21,7 @@ from tests.support.gateway import (
     wait_failed,
     wait_ready,
 )
+from tests.support.wait import until
 
 pytestmark = pytest.mark.engine
 
@@ -82,10 +83,10 @@ def test_answers_while_loading_then_drains_on_sigterm(model_dir: Path, tmp_path:
         for ev in started:
             assert ev.wait(60)
         gw.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while httpx.get(f"{gw.url}/health/ready").json()["phase"] != "draining":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        until(
+            lambda: httpx.get(f"{gw.url}/health/ready").json()["phase"] == "draining",
+            "the phase is draining",
+        )
         assert httpx.get(f"{gw.url}/health/ready").status_code == 503
         assert httpx.get(f"{gw.url}/health/live").status_code == 200
         late = httpx.post(f"{gw.url}/v1/completions", json={"prompt": "hi"})
@@ -133,14 +134,13 @@ def test_engine_death_ends_streams_and_exits_non_zero(model_dir: Path, tmp_path:
         assert events[-1] == "[DONE]"
         error = json.loads(events[-2])["error"]
         assert error["type"] == "service_unavailable"
+
         # live turns 503 with the reason, then the process exits non-zero.
-        deadline = time.monotonic() + 10
-        while True:
+        def failed() -> httpx.Response | None:
             r = httpx.get(f"{gw.url}/health/live", timeout=2)
-            if r.status_code == 503:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            return r if r.status_code == 503 else None
+
+        r = until(failed, "live turns 503", every=0.1)
         assert r.json()["phase"] == "failed" and "engine" in r.json()["error"]
         assert httpx.post(f"{gw.url}/v1/completions", json={"prompt": "x"}).status_code == 503
         assert wait_exit(gw) != 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
 from testkit.procs import Server, free_port
+from tests.support.sse import data_of
+from tests.support.wait import until
 
 __all__ = ["free_port"]
 
@@ -58,8 +59,8 @@ def stream_events(url: str, body: dict, started: threading.Event | None = None) 
     ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(line[5:].strip())
+            if (data := data_of(line)) is not None:
+                events.append(data)
                 if started is not None:
                     started.set()
     return events
@@ -75,25 +76,23 @@ def wait_exit(gw: Gateway, timeout: float = 90) -> int:
 
 def wait_failed(gw: Gateway, within: float) -> dict:  # type: ignore[type-arg]
     """Poll /health/live until it reports failure (503); return its JSON."""
-    deadline = time.monotonic() + within
-    while True:
+
+    def failed() -> dict | None:  # type: ignore[type-arg]
+        assert gw.proc.poll() is None, gw.logs()
         try:
             r = httpx.get(f"{gw.url}/health/live", timeout=2)
-            if r.status_code == 503:
-                return r.json()  # type: ignore[no-any-return]
         except httpx.TransportError:
-            pass
-        assert gw.proc.poll() is None, gw.logs()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+            return None
+        return r.json() if r.status_code == 503 else None  # type: ignore[no-any-return]
+
+    return until(failed, "/health/live reports the failure", within, every=0.1)
 
 
 def assert_no_orphans(procs: list[psutil.Process], within: float = 60) -> None:
     """Every one of `procs` ends (generous: a worker whose engine core was
     killed notices its parent's death on its own, slowly on a loaded node)."""
-    deadline = time.monotonic() + within
-    alive = procs
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.1)
-    assert not alive, f"orphan engine processes: {alive}"
+
+    def ended() -> bool:
+        return not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    until(ended, f"the engine processes {[p.pid for p in procs]} end", within, every=0.1)

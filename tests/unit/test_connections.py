@@ -2,7 +2,7 @@
 uvicorn_config), served in-process on a scripted engine: an idle keep-alive
 connection is closed cleanly at the keep-alive timeout, and while draining
 every answer closes its connection. The real-engine versions with pooled
-clients are tests/api/test_keepalive.py and tests/lifecycle/test_keepalive_drain.py."""
+clients are tests/e2e/test_keepalive.py and tests/lifecycle/test_keepalive_drain.py."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from app.main import create_app
 from testkit.fake_engine import FakeEngine, Out, ReqOut
 from testkit.procs import free_port, wait_ok
 from tests.support.raw_http import read_response
+from tests.support.wait import until
 
 
 async def one_token(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
@@ -103,10 +104,12 @@ def test_while_draining_every_answer_closes_its_connection(served: Served) -> No
         before = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
         assert before.status_code == 200 and "connection" not in before.headers
         served.call(served.app.state.supervisor.begin_drain)
-        deadline = time.monotonic() + 10
-        while (r := client.get("/health/ready")).status_code == 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+
+        def refused() -> httpx.Response | None:
+            r = client.get("/health/ready")
+            return r if r.status_code != 200 else None
+
+        r = until(refused, "ready turns 503")
         assert r.headers["connection"] == "close"
         late = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
         assert late.status_code == 503

@@ -2,7 +2,7 @@
 own exception types raised by a stand-in for AsyncLLM: the engine's death is
 a 503, vLLM's refusal of a request a 400 (its first line only), anything
 else a 500 that is logged with its traceback. The first two are also shown
-on the real engine (tests/lifecycle engine death, tests/api engine-side
+on the real engine (tests/lifecycle engine death, tests/e2e engine-side
 validation); no real fault gives the third on demand."""
 
 from __future__ import annotations

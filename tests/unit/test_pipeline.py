@@ -1,7 +1,7 @@
 """The completion pipeline without HTTP and without vLLM: request -> prepare
 (text and chat) -> generation -> choices -> the whole answer or the SSE
 events, on the in-process fake engine. The same behaviours run on the real
-engine in tests/api; these make `make test-fast` cover the request -> chunks
+engine in tests/e2e; these make `make test-fast` cover the request -> chunks
 path in seconds."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The SSE response's own loop (app.api.sse_response): what it writes, in how many
 messages, and how it ends when the stream breaks or the client leaves.
 Driven through ASGI directly with a scripted event stream; the real engine
-and sockets are in tests/api."""
+and sockets are in tests/e2e."""
 
 from __future__ import annotations
 

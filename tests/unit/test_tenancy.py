@@ -14,7 +14,7 @@ from app.completion.admission import Admission, Place
 from app.tenancy.budgets import Concurrency, rate_headers, refusal, windows
 from app.tenancy.quota import MemoryStore, RedisStore
 from app.tenancy.tenants import Tenant, TenantBook, TenantsFileError, parse_tenants
-from testkit.redis import Redis, start_redis
+from tests.support.redis import Redis, start_redis
 
 GOOD = """
 tenants:

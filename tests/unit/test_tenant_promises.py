@@ -34,9 +34,9 @@ from app.tenancy.ledger import Ledger, UsageLog
 from app.tenancy.quota import _CHARGE, MemoryStore, RedisStore
 from app.tenancy.tenants import Tenant, TenantBook, TenantsFileError, parse_tenants
 from testkit.fake_engine import FakeEngine
-from testkit.redis import start_redis
 from tests.support.gateway import ROOT
 from tests.support.inprocess import serve
+from tests.support.redis import start_redis
 from tests.support.wait import until
 from tests.unit.test_pipeline import letters
 

@@ -19,6 +19,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from testkit.otlp import HttpReceiver, Span
 from tests.support.gateway import MODEL_NAME, Gateway, start_gateway, stop_gateway
+from tests.support.sse import data_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SERVER = 2  # SpanKind.SERVER in the protocol
@@ -156,7 +157,7 @@ def test_a_client_that_leaves_ends_the_span_marked_so(traced: Traced) -> None:
               "ignore_eos": True},
     ) as r:  # fmt: skip
         for line in r.iter_lines():
-            if line.startswith("data:"):
+            if data_of(line) is not None:
                 break  # cut the connection after the first event
     span = traced.span(rid)
     assert "gateway.client_gone" in span["events"]

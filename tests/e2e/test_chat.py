@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
 from tests.support.metrics import metric
-from tests.support.sse import data_events
+from tests.support.sse import data_events, data_of
+from tests.support.wait import until
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 
@@ -154,11 +155,12 @@ def test_a_client_leaving_a_chat_stream_aborts_it(gateway: Gateway, http: httpx.
     }
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
-            if line.startswith("data:") and '"content"' in line:
+            if '"content"' in (data_of(line) or ""):
                 break
-    deadline = time.monotonic() + 5
-    while metric(http, "gateway_client_aborts_total") == before and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until(
+        lambda: metric(http, "gateway_client_aborts_total") != before,
+        "the abort counted", every=0.1,
+    )  # fmt: skip
     assert metric(http, "gateway_client_aborts_total") == before + 1
 
 

@@ -20,6 +20,7 @@ from tests.support.gateway import MODEL_NAME, ROOT, Gateway, free_port
 from tests.support.metrics import Samples, scrape
 from tests.support.metrics import delta as support_delta
 from tests.support.metrics import value as support_value
+from tests.support.wait import until
 
 PROMETHEUS = ROOT / ".cache" / "prometheus" / "usr" / "bin"
 M = {"model": MODEL_NAME}
@@ -58,14 +59,13 @@ def test_known_workload_gives_exact_counts(http: httpx.Client, client: openai.Op
         )
         if stream:
             list(out)  # type: ignore[call-overload]
+
     # vLLM reports a step's stats after handing out its outputs: give it a moment.
-    deadline = time.monotonic() + 5
-    while True:
+    def arrived() -> dict | None:  # type: ignore[type-arg]
         after = scrape(http)
-        if delta(before, after, "gateway_request_queue_seconds_count") >= 3:
-            break
-        assert time.monotonic() < deadline, "queue times never arrived from the engine"
-        time.sleep(0.05)
+        return after if delta(before, after, "gateway_request_queue_seconds_count") >= 3 else None
+
+    after = until(arrived, "queue times arrived from the engine", every=0.05)
     assert delta(before, after, "gateway_generation_tokens_total") == 30
     assert delta(before, after, "gateway_prompt_tokens_total") == 18
     assert delta(before, after, "gateway_time_to_first_token_seconds_count") == 3

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import redis
 
 from testkit.procs import Server, free_port
+from tests.support.wait import until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_DIR = ROOT / ".cache" / "redis"
 REDIS_SERVER = REDIS_DIR / "usr" / "bin" / "redis-server"
 
@@ -26,16 +26,15 @@ class Redis(Server):
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
     def wait_up(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def answers() -> bool:
             assert self.proc.poll() is None, f"redis-server exited:\n{self.logs()[-2000:]}"
             try:
-                if self.client().ping():
-                    return
+                return bool(self.client().ping())
             except redis.RedisError:
-                pass
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.05)
+                return False
+
+        until(answers, "redis-server answers PING", timeout, every=0.05)
 
 
 def start_redis(log: Path, port: int | None = None) -> Redis:

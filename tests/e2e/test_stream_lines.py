@@ -11,6 +11,7 @@ import httpx
 import openai
 
 from tests.support.gateway import MODEL_NAME, Gateway
+from tests.support.sse import data_of
 
 TEXT = "line\u2028sep\u2029para\x85next é"
 
@@ -26,7 +27,7 @@ def test_unicode_line_breaks_do_not_split_events(gateway: Gateway, client: opena
             return [line async for line in r.aiter_lines() if line]
 
     lines = asyncio.run(read())
-    data = [line[5:].strip() for line in lines if line.startswith("data:")]
+    data = [d for line in lines if (d := data_of(line)) is not None]
     assert data[-1] == "[DONE]"
     # Every line is a whole event: nothing was cut.
     assert all(line.startswith(("data:", ":")) for line in lines), lines

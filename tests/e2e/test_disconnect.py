@@ -10,6 +10,7 @@ import openai
 
 from tests.support.gateway import MODEL_NAME, Gateway
 from tests.support.metrics import metric, wait_running_zero
+from tests.support.sse import data_of
 
 LONG = {"prompt": [1], "max_tokens": 2000, "ignore_eos": True}
 
@@ -32,7 +33,7 @@ def test_cancelled_streams_are_aborted(
                 req = c.build_request("POST", "/v1/completions", json={**LONG, "stream": True})
                 r = await c.send(req, stream=True)
                 lines = r.aiter_lines()
-                while not (await anext(lines)).startswith("data:"):
+                while data_of(await anext(lines)) is None:
                     pass
                 return r
 

@@ -17,9 +17,10 @@ import httpx
 import openai
 import pytest
 
-from testkit.redis import Redis, start_redis
 from tests.support.gateway import MODEL_NAME, Gateway, start_gateway, stop_gateway
 from tests.support.metrics import scrape
+from tests.support.redis import Redis, start_redis
+from tests.support.wait import until
 
 TENANTS = """
 tenants:
@@ -72,14 +73,13 @@ class Tenanted:
         self, request_id: str, usage: Path | None = None, within: float = 30
     ) -> dict[str, Any]:
         """The usage line of a request (written when its answer is over)."""
-        deadline = time.monotonic() + within
-        while True:
-            found = [x for x in self.lines(usage) if x["request_id"] == request_id]
-            if found:
-                assert len(found) == 1, found  # exactly one record per request
-                return found[0]
-            assert time.monotonic() < deadline, f"no usage line for {request_id}"
-            time.sleep(0.05)
+
+        def found() -> list[dict[str, Any]]:
+            return [x for x in self.lines(usage) if x["request_id"] == request_id]
+
+        lines = until(found, f"the usage line of {request_id}", within, every=0.05)
+        assert len(lines) == 1, lines  # exactly one record per request
+        return lines[0]
 
 
 def _gateway(model_dir: Path, tmp: Path, tenants: Path, redis: Redis, usage: Path) -> Gateway:
@@ -131,10 +131,7 @@ def _budget_count(redis: Redis, tenant: str, budget: str) -> int:
 
 
 def _wait(cond: Callable[[], bool], within: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} not met within {within} s"
-        time.sleep(0.05)
+    until(cond, what, within, every=0.05)
 
 
 def test_budget_charged_on_admission_settled_at_the_end_with_openai_headers(
