@@ -32,7 +32,7 @@ from app.errors import GatewayError
 from app.lifecycle.supervisor import Supervisor
 from app.observability.metrics import EngineStep, Metrics
 from app.observability.tracing import Tracing, tracing_configured
-from app.tenancy.assembly import build_tenancy
+from app.tenancy.assembly import Tenancy, build_tenancy
 from app.tenancy.budgets import RATE_HEADERS
 
 
@@ -54,11 +54,21 @@ def create_app(
     """
     settings = settings or Settings()
     registry = REGISTRY if registry is None else registry
-    metrics = Metrics(registry, settings.model_name)
+    app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=_lifespan)
+    for module in (completions, models, tokenize, health, info, metrics_routes):
+        app.include_router(module.router)
+    # From the top down: what HTTP needs, the parts, the pipeline, the supervisor.
+    endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
+    rpm = settings.rate_limit_rpm
+    limiter = RateLimiter(rpm, settings.rate_limit_burst_or_default) if rpm else None
     tenancy = build_tenancy(settings, registry)
+    metrics = Metrics(registry, settings.model_name)
     # The OTEL_* variables turn tracing on (read by the SDK itself).
     tracing = Tracing(settings.trace_content) if tracing_configured() else None
     metrics.exposition.openmetrics = tracing is not None  # exemplars to show
+
+    def assemble(built: Engine) -> CompletionService:
+        return build_service(settings, built, metrics, tenancy.ledger)
 
     async def build(on_step: Callable[[EngineStep | None], None]) -> Engine:
         if engine is not None:
@@ -67,36 +77,9 @@ def create_app(
         # the event loop. The import stays out of unit tests with a fake engine.
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
-    def assemble(built: Engine) -> CompletionService:
-        return build_service(settings, built, metrics, tenancy.ledger)
-
     supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        hup = False
-        # SIGHUP reloads what is reloadable and never ends the process. Not
-        # where there are no signals, nor off the main thread (tests).
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, tenancy.hangup)
-            hup = True
-        if engine is None:
-            supervisor.start()
-        else:
-            await supervisor.startup()
-        try:
-            yield
-        finally:
-            await supervisor.shutdown()
-            if hup:
-                loop.remove_signal_handler(signal.SIGHUP)
-            if tenancy.ledger is not None:
-                await tenancy.ledger.close()
-            if tracing is not None:
-                await asyncio.to_thread(tracing.shutdown)  # the last spans exported
-
-    app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=lifespan)
+    app.state.engine_given = engine is not None
+    app.state.tracing = tracing
     app.state.supervisor = supervisor
     app.state.tenancy = tenancy
     rejections = app.state.rejections = Rejections(metrics)
@@ -111,9 +94,6 @@ def create_app(
 
     app.state.refused_early = refused_early
     install_error_handlers(app, rejections)
-    for module in (completions, models, tokenize, health, info, metrics_routes):
-        app.include_router(module.router)
-    endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
     # Innermost first: the 500 for an unexpected exception (so it passes
     # through CORS and the request context like any answer), body limit,
     # API keys, CORS (a preflight carries no key), then request ids and
@@ -121,13 +101,7 @@ def create_app(
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections)
     if tenancy.book.configured:
-        rpm = settings.rate_limit_rpm
-        app.add_middleware(
-            ApiKeyAuth,
-            book=tenancy.book,
-            rejections=rejections,
-            limiter=RateLimiter(rpm, settings.rate_limit_burst_or_default) if rpm else None,
-        )
+        app.add_middleware(ApiKeyAuth, book=tenancy.book, rejections=rejections, limiter=limiter)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -160,6 +134,37 @@ def create_app(
         closing=supervisor.closing,
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the supervisor (in the background unless the engine was given:
+    then startup runs to ready first); SIGHUP reloads; on exit, the
+    supervisor, the ledger and the last spans."""
+    supervisor: Supervisor = app.state.supervisor
+    tenancy: Tenancy = app.state.tenancy
+    tracing: Tracing | None = app.state.tracing
+    loop = asyncio.get_running_loop()
+    hup = False
+    # SIGHUP reloads what is reloadable and never ends the process. Not
+    # where there are no signals, nor off the main thread (tests).
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, tenancy.hangup)
+        hup = True
+    if app.state.engine_given:
+        await supervisor.startup()
+    else:
+        supervisor.start()
+    try:
+        yield
+    finally:
+        await supervisor.shutdown()
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if tenancy.ledger is not None:
+            await tenancy.ledger.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # the last spans exported
 
 
 def _build_vllm(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> Engine:

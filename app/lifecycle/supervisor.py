@@ -42,6 +42,7 @@ class Supervisor:
     ):
         self.settings = settings
         self.metrics = metrics
+        self.watchdog = Watchdog(settings, metrics)
         self.lifecycle = Lifecycle()
         metrics.declare_phases([p.value for p in Phase], self.lifecycle.phase.value)
         self.lifecycle.listeners.append(metrics.phase_changed)
@@ -50,7 +51,6 @@ class Supervisor:
         self.engine: Engine | None = None
         self.exit_code = 0
         self.inflight = InFlight()  # requests being served (see app.api.middleware)
-        self.watchdog = Watchdog(settings, metrics)
         self._build = build
         self._assemble = assemble
         self._on_exit = on_exit

@@ -73,6 +73,7 @@ def build_tenancy(settings: Settings, registry: CollectorRegistry) -> Tenancy:
         )
     if settings.tenants_file is None and settings.usage_log is None:
         return Tenancy(book, None, None, settings)
+    priorities = _priorities(book.tenants, settings)
     metrics = TenantMetrics(registry, settings.model_name)
     store = None
     if settings.tenants_file is not None:
@@ -84,5 +85,5 @@ def build_tenancy(settings: Settings, registry: CollectorRegistry) -> Tenancy:
     usage_log = (
         UsageLog(settings.usage_log, metrics.usage_log_errors.inc) if settings.usage_log else None
     )
-    ledger = Ledger(metrics, store, usage_log, book.names, _priorities(book.tenants, settings))
+    ledger = Ledger(metrics, store, usage_log, book.names, priorities)
     return Tenancy(book, ledger, metrics, settings)
