@@ -28,11 +28,6 @@ from tests.support.wait import until_async
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def call(engine: FakeEngine, body: dict, path: str = "/v1/completions") -> httpx.Response:  # type: ignore[type-arg]
     async with serve(engine) as c:
         if path == "/health":

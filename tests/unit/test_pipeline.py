@@ -38,11 +38,6 @@ from tests.support.wait import until_async
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def letters(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
     """One letter per step for each of the n samples: sample j writes chr(97 + j),
     until max_tokens ('length')."""

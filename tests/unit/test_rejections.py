@@ -44,11 +44,6 @@ from tests.support.metrics import parse, value
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _one_token(ids: list[int], options: object):  # type: ignore[no-untyped-def]
     yield ReqOut([Out(0, "x", [5], "length")], finished=True)
 

@@ -19,11 +19,6 @@ from app.scopes import BODY_SEND
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_unicode_line_breaks_are_escaped_and_the_rest_untouched() -> None:
     assert line_safe('{"t": "a\\u2028b"}') == '{"t": "a\\u2028b"}'
     assert line_safe('{"t": "a\u2028b\u2029c\x85d é"}') == '{"t": "a\\u2028b\\u2029c\\u0085d é"}'

@@ -26,11 +26,6 @@ from tests.support.wait import until_async
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def one_token_then_hang(ids: list[int], options: SamplingOptions) -> AsyncIterator[ReqOut]:
     yield ReqOut([Out(0, "t0", [5])])
     await asyncio.Event().wait()  # alive, never another output
