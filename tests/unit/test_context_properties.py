@@ -1,5 +1,6 @@
 """Properties of the context-limit rules (app/completion/context_limit.py), checked by hypothesis
-over prompts, limits, max_tokens, truncate_prompt_tokens and BOS.
+over prompts, limits, max_tokens, truncate_prompt_tokens and BOS, and over
+conversations fitted by whole messages.
 
 The limit here is small (64, not the model's 2048): hypothesis draws short
 lists far more often than long ones, and with a 2048 limit a prompt that
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.completion.context_limit import check_max_tokens, fit_prompt
+from app.completion.context_limit import Message, check_max_tokens, fit_messages, fit_prompt
 from app.errors import ContextLengthExceeded
 
 BOS = 1
@@ -120,3 +121,98 @@ def test_examples_at_the_edges() -> None:
     assert fit_prompt(ids, 1, LIMIT, policy="error", truncate_to=3, bos=BOS) == [BOS, 13, 14]
     assert fit_prompt(ids, 1, LIMIT, policy="error", truncate_to=6, bos=BOS) == ids
     assert fit_prompt(ids, 1, LIMIT, policy="error", truncate_to=3, bos=None) == [12, 13, 14]
+
+
+# -- a conversation fitted by whole messages (fit_messages) ---------------------
+
+roles = st.sampled_from(["system", "user", "assistant"])
+conversations = st.lists(st.tuples(roles, st.integers(0, 30)), min_size=1, max_size=8).map(
+    lambda ms: [{"role": r, "content": "x" * n} for r, n in ms]
+)
+completion = st.one_of(st.none(), st.integers(1, LIMIT - 1))
+
+
+def render(messages: list[Message]) -> list[int]:
+    """A template's shape: BOS, then per message a role token and its content."""
+    ids = [BOS]
+    for m in messages:
+        ids += [2 if m["role"] == "system" else 3, *([9] * len(m["content"]))]
+    return ids
+
+
+@given(conversations, completion)
+def test_a_conversation_keeps_system_and_last_messages_and_drops_the_fewest_oldest(
+    messages: list[Message], requested: int | None
+) -> None:
+    room = LIMIT - (requested or 1)
+    droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
+    fits = [
+        k
+        for k in range(len(droppable) + 1)
+        if len(render(_without(messages, droppable, k))) <= room
+    ]
+    if not fits:
+        with pytest.raises(ContextLengthExceeded) as exc:
+            fit_messages(messages, render, requested, LIMIT, policy="left")
+        assert exc.value.param == "messages" and str(LIMIT) in exc.value.message
+        return
+    ids, dropped, dropped_tokens = fit_messages(messages, render, requested, LIMIT, policy="left")
+    assert dropped == fits[0]  # the fewest, and the oldest first
+    assert ids == render(_without(messages, droppable, dropped))
+    assert len(ids) <= room  # the context limit holds
+    assert dropped_tokens == len(render(messages)) - len(ids)
+    if dropped == 0:
+        assert ids == render(messages)
+
+
+@given(conversations, completion)
+def test_the_error_policy_refuses_a_conversation_exactly_when_it_does_not_fit(
+    messages: list[Message], requested: int | None
+) -> None:
+    full = render(messages)
+    asked = len(full) + (requested or 1)
+    if asked <= LIMIT:
+        assert fit_messages(messages, render, requested, LIMIT, policy="error") == (full, 0, 0)
+        return
+    with pytest.raises(ContextLengthExceeded) as exc:
+        fit_messages(messages, render, requested, LIMIT, policy="error")
+    assert exc.value.param == "messages" and exc.value.code == "context_length_exceeded"
+    assert f"requested {asked} tokens ({len(full)} in the {len(messages)} messages" in (
+        exc.value.message
+    )
+
+
+def test_conversation_examples_at_the_edges() -> None:
+    system = {"role": "system", "content": "s" * 4}  # 5 tokens
+    old = {"role": "user", "content": "o" * 20}  # 21
+    mid = {"role": "assistant", "content": "m" * 20}  # 21
+    last = {"role": "user", "content": "l" * 10}  # 11
+    convo = [system, old, mid, last]  # BOS + 58 = 59 tokens
+    # exactly at the limit with 5 for the completion: nothing dropped
+    assert fit_messages(convo, render, 5, LIMIT, policy="left") == (render(convo), 0, 0)
+    # one more: the oldest non-system message goes, whole
+    ids, dropped, tokens = fit_messages(convo, render, 6, LIMIT, policy="left")
+    assert (ids, dropped, tokens) == (render([system, mid, last]), 1, 21)
+    # no max_tokens: one token is kept for the completion
+    assert fit_messages(convo, render, None, LIMIT, policy="left")[1] == 0
+    # even system + last cannot fit: refused, saying how long they are
+    with pytest.raises(ContextLengthExceeded) as exc:
+        fit_messages(convo, render, 48, LIMIT, policy="left")
+    assert exc.value.message == (
+        "This model's maximum context length is 64 tokens. Even with only the system "
+        "messages and the last message, the prompt has 17 tokens and 48 are requested "
+        "for the completion. Please shorten them."
+    )
+    assert exc.value.param == "messages"
+    with pytest.raises(ContextLengthExceeded) as exc:
+        fit_messages(convo, render, 6, LIMIT, policy="error")
+    assert exc.value.message == (
+        "This model's maximum context length is 64 tokens. However, you requested 65 "
+        "tokens (59 in the 4 messages, 6 for the completion). Please shorten the "
+        "conversation or the completion length."
+    )
+
+
+def _without(messages: list[Message], droppable: list[int], k: int) -> list[Message]:
+    gone = set(droppable[:k])
+    return [m for i, m in enumerate(messages) if i not in gone]
