@@ -49,7 +49,7 @@ class Accounting:
             tenant = scope.get(TENANT)
             if ledger is None or tenant is None or not tenant.limited:
                 return
-            if any(k.lower() in _LIMIT_HEADERS for k, _ in headers):
+            if ex.status == 429 and any(k.lower() in _LIMIT_HEADERS for k, _ in headers):
                 return
             charge = record.charge if record is not None else None
             limits = charge.headers if isinstance(charge, Charge) else {}

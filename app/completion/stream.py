@@ -25,7 +25,11 @@ Feed = Callable[[int, RequestOutput], Iterable[Delta]]
 
 
 def settle(generation: Generation, choices: Choices) -> None:
-    """A run is over: its generation settled with what its choices hold."""
+    """A run is over: its generation settled with what its choices hold
+    (what only its record reads is gathered only when it has one)."""
+    if generation.prep.record is None:
+        generation.settle(choices.completion_tokens)
+        return
     generation.settle(
         choices.completion_tokens,
         choices.finish_reasons(),
@@ -123,5 +127,6 @@ class CompletionStream:
             record.stream_error = error
 
     async def close(self) -> None:
-        settle(self.generation, self.choices)
+        if self.generation.place.used is None:  # not settled yet (close runs twice)
+            settle(self.generation, self.choices)
         await self.generation.close()
