@@ -1,0 +1,89 @@
+"""The batch store (SQLite): a job is accepted whole, lines are leased and
+answered exactly once, a dead runner's lines are taken again once its
+leases run out, and everything survives the process (a reopened file)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.batches.store import Line, SqliteStore
+
+
+def job(store: SqliteStore, n: int, batch_id: str = "batch_1", tenant: str = "a") -> None:
+    batch = {"id": batch_id, "status": "in_progress", "created_at": 1, "expires_at": 10**10}
+    lines = [Line(batch_id, i, f"c{i}", {"prompt": str(i)}) for i in range(n)]
+    store.create_batch(batch, tenant, lines)
+
+
+def test_lines_are_leased_in_order_and_answered_once(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    job(store, 5)
+    mine = store.claim("batch_1", "gw1", 3, lease=60)
+    assert [ln.custom_id for ln in mine] == ["c0", "c1", "c2"]
+    # held lines are not handed to another runner
+    assert [ln.idx for ln in store.claim("batch_1", "gw2", 10, lease=60)] == [3, 4]
+    assert store.finish(mine[0], "gw1", "done", {"custom_id": "c0"})
+    assert not store.finish(mine[0], "gw1", "done", {"custom_id": "c0"})  # not twice
+    assert not store.finish(mine[1], "gw2", "done", {})  # not by one without the lease
+    assert store.counts("batch_1").completed == 1
+
+
+def test_a_dead_runners_lines_are_taken_again_after_its_lease(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    job(store, 2)
+    dead = store.claim("batch_1", "gw1", 2, lease=0.2)
+    assert store.claim("batch_1", "gw2", 2, lease=60) == []
+    time.sleep(0.3)
+    again = store.claim("batch_1", "gw2", 2, lease=60)
+    assert [ln.idx for ln in again] == [0, 1]
+    assert not store.finish(dead[0], "gw1", "done", {})  # the dead one's late answer is dropped
+    assert store.finish(again[0], "gw2", "done", {"i": 0})
+    assert store.results("batch_1", "done") == [{"i": 0}]
+
+
+def test_a_job_survives_a_killed_process(tmp_path: Path) -> None:
+    """A child process creates a job, answers one line, holds another and is
+    SIGKILLed; a new store on the same file sees it all."""
+    db = tmp_path / "b.db"
+    code = f"""
+import os, signal
+from app.batches.store import Line, SqliteStore
+s = SqliteStore(__import__("pathlib").Path({str(db)!r}))
+s.create_batch({{"id": "b", "status": "in_progress", "created_at": 1, "expires_at": 10**10}},
+               "a", [Line("b", i, f"c{{i}}", {{}}) for i in range(3)])
+first, second = s.claim("b", "gw1", 2, lease=0.5)
+s.finish(first, "gw1", "done", {{"custom_id": "c0"}})
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    assert proc.returncode == -9
+    store = SqliteStore(db)
+    assert store.batch("b") is not None and store.batch("b", "other") is None
+    assert store.counts("b").completed == 1
+    time.sleep(0.6)  # the killed runner's lease runs out
+    assert [ln.idx for ln in store.claim("b", "gw2", 5, lease=60)] == [1, 2]
+
+
+def test_files_belong_to_their_tenant(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    meta = {"id": "file-1", "purpose": "batch", "filename": "in.jsonl", "bytes": 3,
+            "created_at": 5}  # fmt: skip
+    store.put_file(meta, "a", b"{}\n")
+    assert store.content("file-1", "a") == b"{}\n"
+    assert store.content("file-1", "b") is None and store.file("file-1", "b") is None
+    assert [f["id"] for f in store.files("a")] == ["file-1"] and store.files("b") == []
+    assert not store.delete_file("file-1", "b") and store.delete_file("file-1", "a")
+    assert store.file("file-1", "a") is None
+
+
+def test_batches_list_newest_first_after_a_cursor(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    for i in range(4):
+        batch = {"id": f"batch_{i}", "status": "in_progress", "created_at": i, "expires_at": 9}
+        store.create_batch(batch, "a", [])
+    assert [b["id"] for b in store.batches("a", None, 2)] == ["batch_3", "batch_2"]
+    assert [b["id"] for b in store.batches("a", "batch_2", 10)] == ["batch_1", "batch_0"]
+    assert store.in_progress("a") == 4 and store.in_progress("b") == 0
