@@ -166,12 +166,14 @@ class SqliteStore:
                 args = (*args, expect)
             return db.execute(sql, args).rowcount == 1
 
-    def active_batches(self) -> list[dict[str, Any]]:
+    def active_batches(self) -> list[tuple[str, dict[str, Any]]]:
+        """(tenant, job) of every unfinished batch, oldest first."""
         marks = ",".join("?" * len(ACTIVE))
         rows = self._all(
-            f"SELECT body FROM batches WHERE status IN ({marks}) ORDER BY created_at, id", ACTIVE
+            f"SELECT tenant, body FROM batches WHERE status IN ({marks}) ORDER BY created_at, id",
+            ACTIVE,
         )
-        return [json.loads(r[0]) for r in rows]
+        return [(r[0], json.loads(r[1])) for r in rows]
 
     def in_progress(self, tenant: str) -> int:
         marks = ",".join("?" * len(ACTIVE))

@@ -1,0 +1,161 @@
+"""Runs batch lines on idle engine time: each line an ordinary request
+through the completion service (the same preparation, limits, constraints
+and engine path as online traffic), at a priority below every online one,
+and only while the engine has room: no online request waits, and running
+requests stay below `room` places. A tenant's budget at its edge pauses the
+batch until the window turns; it does not fail it.
+
+Work in progress (#36): the HTTP routes, the real-engine tests and the
+fleet (PostgreSQL) are not there yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app.batches.store import Line, SqliteStore
+from app.errors import BudgetExceeded, GatewayError
+
+logger = logging.getLogger(__name__)
+
+# Runs one line's body for the batch's tenant: the answer's JSON, or a GatewayError.
+RunLine = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        store: SqliteStore,
+        run_line: RunLine,
+        room: Callable[[], int],
+        *,
+        lease: float = 120.0,
+        poll: float = 0.5,
+    ):
+        self.store = store
+        self.run_line = run_line
+        self.room = room  # engine places a batch line may take now (0: none)
+        self.lease = lease
+        self.poll = poll
+        self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
+        self._running: set[asyncio.Task[None]] = set()
+        self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
+
+    async def run(self) -> None:
+        """Forever (cancelled at shutdown): find work, run it while there is room."""
+        while True:
+            worked = await self.step()
+            if not worked:
+                await asyncio.sleep(self.poll)
+
+    async def step(self) -> bool:
+        """One pass over the active batches; True when a line was started."""
+        started = False
+        now = time.time()
+        for tenant, batch in await asyncio.to_thread(self.store.active_batches):
+            if await self._settle(tenant, batch, now):
+                continue
+            if batch["status"] != "in_progress":
+                continue
+            if self._paused_until.get(tenant, 0) > now:
+                continue
+            free = self.room() - len(self._running)
+            if free <= 0:
+                break
+            lines = await asyncio.to_thread(
+                self.store.claim, batch["id"], self.owner, free, self.lease
+            )
+            for line in lines:
+                task = asyncio.ensure_future(self._one(tenant, batch, line))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                started = True
+        return started
+
+    async def _one(self, tenant: str, batch: dict[str, Any], line: Line) -> None:
+        try:
+            body = await self.run_line(tenant, batch["endpoint"], line.body)
+        except BudgetExceeded as exc:
+            # At the budget's edge: give the line back, pause the tenant's batches.
+            self._paused_until[tenant] = time.time() + exc.retry_after
+            await asyncio.to_thread(self.store.release, batch["id"], self.owner)
+            return
+        except GatewayError as exc:
+            result = _line(line, None, {"status_code": int(exc.status), "body": exc.body()})
+            await asyncio.to_thread(self.store.finish, line, self.owner, "failed", result)
+            return
+        except Exception:
+            logger.exception("batch %s line %d failed", batch["id"], line.idx)
+            error = {"error": {"message": "The line failed.", "type": "server_error"}}
+            result = _line(line, None, {"status_code": 500, "body": error})
+            await asyncio.to_thread(self.store.finish, line, self.owner, "failed", result)
+            return
+        result = _line(line, {"status_code": 200, "body": body}, None)
+        await asyncio.to_thread(self.store.finish, line, self.owner, "done", result)
+
+    async def _settle(self, tenant: str, batch: dict[str, Any], now: float) -> bool:
+        """Move a batch on when its lines are all answered, it was cancelled
+        or its window passed; True when it is no longer running."""
+        counts = await asyncio.to_thread(self.store.counts, batch["id"])
+        batch["request_counts"] = {
+            "total": counts.total, "completed": counts.completed, "failed": counts.failed
+        }  # fmt: skip
+        status = batch["status"]
+        ending = None
+        if status == "cancelling":
+            ending = "cancelled"
+        elif now >= batch["expires_at"]:
+            ending = "expired"
+        elif counts.completed + counts.failed == counts.total:
+            ending = "completed"
+        if ending is None:
+            return False
+        if ending != "completed":
+            await asyncio.to_thread(self.store.cancel_pending, batch["id"])
+        for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
+            batch[field] = await asyncio.to_thread(self._result_file, tenant, batch, state)
+        batch["status"] = ending
+        batch[f"{ending}_at"] = int(now)
+        batch["finalizing_at"] = batch.get("finalizing_at") or int(now)
+        await asyncio.to_thread(self.store.update_batch, batch, status)
+        return True
+
+    def _result_file(self, tenant: str, batch: dict[str, Any], state: str) -> str | None:
+        """The output (or error) file: the answers in the input's order."""
+        results = self.store.results(batch["id"], state)
+        if not results:
+            return None
+        content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode()
+        kind = "output" if state == "done" else "error"
+        meta = {
+            "id": f"file-{uuid.uuid4().hex}",
+            "purpose": "batch_output",
+            "filename": f"{batch['id']}_{kind}.jsonl",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+        }
+        self.store.put_file(meta, tenant, content)
+        return str(meta["id"])
+
+
+def _line(
+    line: Line, response: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One line of the output or error file, in OpenAI's format."""
+    if response is not None:
+        response = {**response, "request_id": f"req_{line.batch_id}_{line.idx}"}
+    else:
+        response = {
+            "status_code": error["status_code"] if error else 500,
+            "request_id": f"req_{line.batch_id}_{line.idx}",
+            "body": error["body"] if error else None,
+        }
+        error = {"code": "request_failed", "message": "See the response body."}
+    return {"id": f"batch_req_{line.batch_id}_{line.idx}", "custom_id": line.custom_id,
+            "response": response, "error": error}  # fmt: skip
