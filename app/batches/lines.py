@@ -1,0 +1,81 @@
+"""One batch line run as an ordinary request: the body validated as the
+online endpoint validates it, prepared by the same service (limits,
+constraints, the tenant's budgets), run below every online priority, told
+to the ledger like any request (its usage line carries the batch id).
+
+Work in progress (#36): wired into the app by the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.completion.schemas import ChatCompletionRequest, CompletionRequest
+from app.completion.service import CompletionService
+from app.errors import InvalidRequest, Unavailable
+from app.ids import new_id
+from app.observability.record import RequestRecord
+from app.tenancy.ledger import Ledger
+from app.tenancy.tenants import Tenant
+
+# Below every online request (vLLM and our admission: the lower runs first).
+BATCH_PRIORITY = 1 << 30
+
+
+class LineRunner:
+    def __init__(
+        self,
+        serving: Callable[[], CompletionService | None],
+        tenant_of: Callable[[str], Tenant | None],
+        ledger: Ledger | None,
+        share: float = 0.75,
+    ):
+        self.serving = serving  # the service once ready, else None
+        self.tenant_of = tenant_of  # a batch's owner -> its tenant now
+        self.ledger = ledger
+        self.share = share  # of the engine's places a batch may fill
+
+    def room(self) -> int:
+        """Places a batch line may take now: none while any online request
+        waits, else up to `share` of the engine's places."""
+        service = self.serving()
+        if service is None:
+            return 0
+        admission = service.runner.admission
+        if admission.queued:
+            return 0
+        limit = max(1, int(service.runner.engine.max_num_seqs * self.share))
+        return max(0, limit - admission.running)
+
+    async def __call__(self, owner: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        service = self.serving()
+        if service is None:
+            raise Unavailable("The model is not ready.")
+        schema = (
+            ChatCompletionRequest if endpoint.endswith("chat/completions") else CompletionRequest
+        )
+        try:
+            req = schema.model_validate({**body, "stream": False})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidRequest(f"{where}: {first['msg']}", param=where or None) from None
+        tenant = self.tenant_of(owner)
+        record = RequestRecord(endpoint, new_id())
+        status = 500
+        try:
+            prep = await service.prepare(req, tenant, record)
+            prep.priority = BATCH_PRIORITY
+            answer = await service.complete(prep)
+            status = 200
+            return answer
+        except Exception as exc:
+            status = int(getattr(exc, "status", 500))
+            raise
+        finally:
+            record.tenant = record.tenant or tenant
+            if self.ledger is not None:
+                self.ledger.finish(record, status)
