@@ -21,8 +21,9 @@ from app.api.middleware import BodyLimit, InternalErrors, RequestContext
 from app.api.ratelimit import RateLimiter
 from app.api.rejection import Rejections, install_error_handlers
 from app.api.route_table import Endpoints
-from app.api.routes import completions, health, info, models, tokenize
+from app.api.routes import batches, completions, health, info, models, tokenize
 from app.api.routes import metrics as metrics_routes
+from app.batches.assembly import BatchWing, build_batches
 from app.completion.assembly import build_service
 from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.completion.service import CompletionService
@@ -55,7 +56,7 @@ def create_app(
     settings = settings or Settings()
     registry = REGISTRY if registry is None else registry
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=_lifespan)
-    for module in (completions, models, tokenize, health, info, metrics_routes):
+    for module in (completions, batches, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
     # From the top down: what HTTP needs, the parts, the pipeline, the supervisor.
     endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
@@ -78,6 +79,11 @@ def create_app(
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
     supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
+    wing = None
+    if settings.batches:
+        wing = build_batches(settings, tenancy.book, tenancy.ledger, supervisor.serving)
+    app.state.batch_wing = wing
+    app.state.batches = wing.api if wing is not None else None
     app.state.engine_given = engine is not None
     app.state.tracing = tracing
     app.state.supervisor = supervisor
@@ -155,10 +161,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await supervisor.startup()
     else:
         supervisor.start()
+    wing: BatchWing | None = app.state.batch_wing
+    runner = asyncio.ensure_future(wing.runner.run()) if wing is not None else None
     try:
         yield
     finally:
+        if runner is not None and wing is not None:
+            runner.cancel()
+            with contextlib.suppress(BaseException):
+                await runner
+            await wing.runner.stop()
         await supervisor.shutdown()
+        if wing is not None:
+            wing.store.close()
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)
         if tenancy.ledger is not None:

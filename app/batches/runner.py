@@ -54,6 +54,15 @@ class BatchRunner:
             if not worked:
                 await asyncio.sleep(self.poll)
 
+    async def stop(self) -> None:
+        """A clean stop: lines in flight are given back at once (their answers,
+        if any arrive, are dropped), so a restart takes them without waiting
+        for the leases to run out."""
+        for task in list(self._running):
+            task.cancel()
+        for _, batch in await asyncio.to_thread(self.store.active_batches):
+            await asyncio.to_thread(self.store.release, batch["id"], self.owner)
+
     async def step(self) -> bool:
         """One pass over the active batches; True when a line was started."""
         started = False

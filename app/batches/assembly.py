@@ -1,0 +1,43 @@
+"""The Batch API put together from settings: the store (SQLite under
+GATEWAY_DATA_DIR unless GATEWAY_BATCH_STORE names a file), the operations
+the routes call, and the runner the lifespan starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.batches.lines import LineRunner
+from app.batches.runner import BatchRunner
+from app.batches.service import Batches
+from app.batches.store import SqliteStore
+from app.completion.service import CompletionService
+from app.config import Settings
+from app.tenancy.ledger import Ledger
+from app.tenancy.tenants import TenantBook
+
+
+@dataclass
+class BatchWing:
+    api: Batches
+    runner: BatchRunner
+    store: SqliteStore
+
+
+def build_batches(
+    settings: Settings,
+    book: TenantBook,
+    ledger: Ledger | None,
+    serving: Callable[[], CompletionService | None],
+) -> BatchWing:
+    path = Path(settings.batch_store) if settings.batch_store else settings.data_dir / "batches.db"
+    store = SqliteStore(path)
+    api = Batches(
+        store,
+        max_file_bytes=settings.max_batch_file_bytes,
+        max_lines=settings.max_batch_lines,
+        max_active=settings.max_batches_in_progress,
+    )
+    lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
+    return BatchWing(api, BatchRunner(store, lines, lines.room), store)
