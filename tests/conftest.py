@@ -3,6 +3,8 @@ per test session, started through the CLI exactly as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from tests.support.gateway import (
     start_gateway,
     stop_gateway,
 )
+
+# The state of every app a test builds in this process (engine records, the
+# batch store) goes to a directory of the run's own, never the user's.
+os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-state-")
 
 # A skipped test fails the run (tests/support/no_skips.py); pytester runs
 # pytest inside a test (that plugin's own test).
