@@ -195,22 +195,27 @@ def test_conversation_examples_at_the_edges() -> None:
     assert (ids, dropped, tokens) == (render([system, mid, last]), 1, 21)
     # no max_tokens: one token is kept for the completion
     assert fit_messages(convo, render, None, LIMIT, policy="left")[1] == 0
-    # even system + last cannot fit: refused, saying how long they are
-    with pytest.raises(ContextLengthExceeded) as exc:
-        fit_messages(convo, render, 48, LIMIT, policy="left")
-    assert exc.value.message == (
-        "This model's maximum context length is 64 tokens. Even with only the system "
-        "messages and the last message, the prompt has 17 tokens and 48 are requested "
-        "for the completion. Please shorten them."
-    )
-    assert exc.value.param == "messages"
-    with pytest.raises(ContextLengthExceeded) as exc:
-        fit_messages(convo, render, 6, LIMIT, policy="error")
-    assert exc.value.message == (
-        "This model's maximum context length is 64 tokens. However, you requested 65 "
-        "tokens (59 in the 4 messages, 6 for the completion). Please shorten the "
-        "conversation or the completion length."
-    )
+    # even system + last cannot fit: refused, saying how long they are; and
+    # the error policy refuses what does not fit as it is
+    for max_tokens, policy, message in (
+        (
+            48,
+            "left",
+            "This model's maximum context length is 64 tokens. Even with only the "
+            "system messages and the last message, the prompt has 17 tokens and 48 are "
+            "requested for the completion. Please shorten them.",
+        ),
+        (
+            6,
+            "error",
+            "This model's maximum context length is 64 tokens. However, you "
+            "requested 65 tokens (59 in the 4 messages, 6 for the completion). Please "
+            "shorten the conversation or the completion length.",
+        ),
+    ):
+        with pytest.raises(ContextLengthExceeded) as exc:
+            fit_messages(convo, render, max_tokens, LIMIT, policy=policy)  # type: ignore[arg-type]
+        assert exc.value.message == message and exc.value.param == "messages"
 
 
 def _without(messages: list[Message], droppable: list[int], k: int) -> list[Message]:
