@@ -20,6 +20,11 @@ from app.errors import BudgetExceeded, InvalidRequest
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "b.db")
+
+
 def job(store: SqliteStore, n: int, expires_in: float = 3600) -> None:
     batch = {"id": "b", "object": "batch", "endpoint": "/v1/completions", "status": "in_progress",
              "created_at": int(time.time()), "expires_at": time.time() + expires_in}  # fmt: skip
@@ -45,8 +50,7 @@ def lines_of(store: SqliteStore, file_id: str | None) -> list[dict[str, Any]]:
     return [json.loads(x) for x in content.decode().splitlines()]
 
 
-async def test_every_line_once_in_order_with_failures_apart(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "b.db")
+async def test_every_line_once_in_order_with_failures_apart(store: SqliteStore) -> None:
     job(store, 7)
     running = 0
     most = 0
@@ -73,8 +77,7 @@ async def test_every_line_once_in_order_with_failures_apart(tmp_path: Path) -> N
     assert err["response"]["body"]["error"]["param"] == "prompt"
 
 
-async def test_no_room_no_line_and_a_budget_edge_pauses(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "b.db")
+async def test_no_room_no_line_and_a_budget_edge_pauses(store: SqliteStore) -> None:
     job(store, 2)
     room = 0
     refused = 0
@@ -96,8 +99,7 @@ async def test_no_room_no_line_and_a_budget_edge_pauses(tmp_path: Path) -> None:
     assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
 
 
-async def test_cancel_and_expiry_end_with_what_was_done(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "b.db")
+async def test_cancel_and_expiry_end_with_what_was_done(store: SqliteStore) -> None:
     job(store, 3, expires_in=0.3)
     gate = asyncio.Event()
 
