@@ -49,6 +49,9 @@ class BatchRunner:
 
     async def run(self) -> None:
         """Forever (cancelled at shutdown): find work, run it while there is room."""
+        taken = await asyncio.to_thread(self.store.release_all)
+        if taken:
+            logger.info("batch lines taken up again after a restart: %d", taken)
         while True:
             worked = await self.step()
             if not worked:

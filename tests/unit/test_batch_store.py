@@ -87,3 +87,12 @@ def test_batches_list_newest_first_after_a_cursor(tmp_path: Path) -> None:
     assert [b["id"] for b in store.batches("a", None, 2)] == ["batch_3", "batch_2"]
     assert [b["id"] for b in store.batches("a", "batch_2", 10)] == ["batch_1", "batch_0"]
     assert store.in_progress("a") == 4 and store.in_progress("b") == 0
+
+
+def test_a_restarted_gateway_takes_a_dead_ones_lines_at_once(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    job(store, 3)
+    held = store.claim("batch_1", "dead", 2, lease=3600)
+    assert store.finish(held[0], "dead", "done", {"i": 0})
+    assert store.release_all() == 1  # the one it held unanswered
+    assert [ln.idx for ln in store.claim("batch_1", "new", 5, lease=60)] == [1, 2]
