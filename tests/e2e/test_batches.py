@@ -10,13 +10,8 @@ import json
 import openai
 import pytest
 
-from tests.support.gateway import MODEL_NAME, Gateway
+from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
 from tests.support.wait import until
-
-
-@pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=0)
 
 
 def bodies() -> list[dict[str, object]]:
@@ -83,3 +78,31 @@ def test_a_bad_file_is_refused_naming_its_line_and_ids_are_not_probed(
         client.files.retrieve("file-nope")
     assert client.files.delete(uploaded.id).deleted
     assert client.models.list().data
+
+
+def test_a_tenants_files_and_batches_are_not_anothers(secured: Gateway) -> None:
+    """Two keys: what one made is a 404 to the other, as a missing id is."""
+    mine, theirs = (
+        openai.OpenAI(base_url=f"{secured.url}/v1", api_key=key, max_retries=0)
+        for key in (API_KEY, "sk-other-key")
+    )
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions",
+            "body": {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 2}}  # fmt: skip
+    f = mine.files.create(file=("a.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+    batch = mine.batches.create(
+        input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    for call in (
+        lambda: theirs.files.retrieve(f.id),
+        lambda: theirs.files.content(f.id),
+        lambda: theirs.files.delete(f.id),
+        lambda: theirs.batches.retrieve(batch.id),
+        lambda: theirs.batches.cancel(batch.id),
+        lambda: theirs.batches.create(
+            input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert [x.id for x in theirs.files.list().data] == []
+    assert mine.files.retrieve(f.id).id == f.id  # still the owner's
