@@ -105,7 +105,11 @@ def create_app(
     # API keys, CORS (a preflight carries no key), then request ids and
     # counts around everything.
     app.add_middleware(InternalErrors)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections)
+    # An upload may be as large as a batch file, with room for its multipart framing.
+    uploads = {"/v1/files": settings.max_batch_file_bytes + 65_536} if wing is not None else {}
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections, routes=uploads
+    )
     if tenancy.book.configured:
         app.add_middleware(ApiKeyAuth, book=tenancy.book, rejections=rejections, limiter=limiter)
     if settings.cors_origins:

@@ -77,6 +77,11 @@ def test_a_bad_file_is_refused_naming_its_line_and_ids_are_not_probed(
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve("file-nope")
     assert client.files.delete(uploaded.id).deleted
+    # an upload may be larger than GATEWAY_MAX_BODY_BYTES (1 MiB): a batch file's limit
+    big = (json.dumps({"custom_id": "x" * 1000}) + "\n").encode() * 2048  # ~2 MiB
+    assert client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch").bytes == len(
+        big
+    )
     assert client.models.list().data
 
 
