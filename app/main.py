@@ -78,10 +78,10 @@ def create_app(
         # the event loop. The import stays out of unit tests with a fake engine.
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
-    supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
     wing = None
-    if settings.batches:
-        wing = build_batches(settings, tenancy.book, tenancy.ledger, supervisor.serving)
+    if settings.batches:  # it runs lines through the service the supervisor will serve
+        wing = build_batches(settings, tenancy.book, tenancy.ledger, lambda: supervisor.serving())
+    supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
     app.state.batch_wing = wing
     app.state.batches = wing.api if wing is not None else None
     app.state.engine_given = engine is not None
