@@ -80,7 +80,9 @@ def create_app(
 
     wing = None
     if settings.batches:  # it runs lines through the service the supervisor will serve
-        wing = build_batches(settings, tenancy.book, tenancy.ledger, lambda: supervisor.serving())
+        wing = build_batches(
+            settings, tenancy.book, tenancy.ledger, lambda: supervisor.serving(), registry
+        )
     supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
     app.state.batch_wing = wing
     app.state.batches = wing.api if wing is not None else None

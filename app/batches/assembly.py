@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from app.batches.lines import LineRunner
 from app.batches.runner import BatchRunner
 from app.batches.service import Batches
 from app.batches.store import SqliteStore
 from app.completion.service import CompletionService
 from app.config import Settings
+from app.observability.batch_metrics import BatchMetrics
 from app.tenancy.ledger import Ledger
 from app.tenancy.tenants import TenantBook
 
@@ -30,6 +33,7 @@ def build_batches(
     book: TenantBook,
     ledger: Ledger | None,
     serving: Callable[[], CompletionService | None],
+    registry: CollectorRegistry,
 ) -> BatchWing:
     path = Path(settings.batch_store) if settings.batch_store else settings.data_dir / "batches.db"
     store = SqliteStore(path)
@@ -40,4 +44,5 @@ def build_batches(
         max_active=settings.max_batches_in_progress,
     )
     lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
-    return BatchWing(api, BatchRunner(store, lines, lines.room), store)
+    metrics = BatchMetrics(registry, settings.model_name)
+    return BatchWing(api, BatchRunner(store, lines, lines.room, metrics), store)

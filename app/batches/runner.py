@@ -21,6 +21,7 @@ from typing import Any
 
 from app.batches.store import Line, SqliteStore
 from app.errors import BudgetExceeded, GatewayError
+from app.observability.batch_metrics import BatchMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class BatchRunner:
         store: SqliteStore,
         run_line: RunLine,
         room: Callable[[], int],
+        metrics: BatchMetrics | None = None,
         *,
         lease: float = 120.0,
         poll: float = 0.5,
@@ -41,6 +43,7 @@ class BatchRunner:
         self.store = store
         self.run_line = run_line
         self.room = room  # engine places a batch line may take now (0: none)
+        self.metrics = metrics
         self.lease = lease
         self.poll = poll
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
@@ -70,6 +73,8 @@ class BatchRunner:
         """One pass over the active batches; True when a line was started."""
         started = False
         now = time.time()
+        if self.metrics is not None:
+            await asyncio.to_thread(self._measure)
         for tenant, batch in await asyncio.to_thread(self.store.active_batches):
             if await self._settle(tenant, batch, now):
                 continue
@@ -90,6 +95,19 @@ class BatchRunner:
                 started = True
         return started
 
+    def _measure(self) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        metrics.jobs_now(self.store.job_counts())
+        lines, tokens = self.store.backlog()
+        metrics.backlog_lines.set(lines)
+        metrics.backlog_tokens.set(tokens)
+
+    async def _finish(self, line: Line, state: str, result: dict[str, Any]) -> None:
+        kept = await asyncio.to_thread(self.store.finish, line, self.owner, state, result)
+        if kept and self.metrics is not None:
+            self.metrics.lines[state].inc()
+
     async def _one(self, tenant: str, batch: dict[str, Any], line: Line) -> None:
         try:
             body = await self.run_line(tenant, batch["endpoint"], line.body)
@@ -100,16 +118,16 @@ class BatchRunner:
             return
         except GatewayError as exc:
             result = _line(line, None, {"status_code": int(exc.status), "body": exc.body()})
-            await asyncio.to_thread(self.store.finish, line, self.owner, "failed", result)
+            await self._finish(line, "failed", result)
             return
         except Exception:
             logger.exception("batch %s line %d failed", batch["id"], line.idx)
             error = {"error": {"message": "The line failed.", "type": "server_error"}}
             result = _line(line, None, {"status_code": 500, "body": error})
-            await asyncio.to_thread(self.store.finish, line, self.owner, "failed", result)
+            await self._finish(line, "failed", result)
             return
         result = _line(line, {"status_code": 200, "body": body}, None)
-        await asyncio.to_thread(self.store.finish, line, self.owner, "done", result)
+        await self._finish(line, "done", result)
 
     async def _settle(self, tenant: str, batch: dict[str, Any], now: float) -> bool:
         """Move a batch on when its lines are all answered, it was cancelled

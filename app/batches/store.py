@@ -231,6 +231,24 @@ class SqliteStore:
             )
             return cur.rowcount
 
+    def job_counts(self) -> dict[str, int]:
+        """Batches by status."""
+        return {r[0]: int(r[1]) for r in self._all(
+            "SELECT status, count(*) FROM batches GROUP BY status", ()
+        )}  # fmt: skip
+
+    def backlog(self) -> tuple[int, int]:
+        """(lines, output tokens) still to run in running batches; a line
+        without max_tokens counts the completions endpoint's default, 16."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(coalesce(json_extract(l.body, '$.max_tokens'), "
+            "json_extract(l.body, '$.max_completion_tokens'), 16)), 0) FROM lines l "
+            "JOIN batches b ON b.id = l.batch_id "
+            "WHERE l.state = 'pending' AND b.status = 'in_progress'",
+            (),
+        )
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     def counts(self, batch_id: str) -> Counts:
         row = self._one(
             "SELECT count(*), sum(state = 'done'), sum(state = 'failed') FROM lines "

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from app.batches.runner import BatchRunner
 from app.batches.store import Line, SqliteStore
 from app.errors import BudgetExceeded, InvalidRequest
+from app.observability.batch_metrics import BatchMetrics
 
 pytestmark = pytest.mark.anyio
 
@@ -66,8 +68,19 @@ async def test_every_line_once_in_order_with_failures_apart(store: SqliteStore) 
             raise InvalidRequest("bad line", param="prompt")
         return {"answer": body["i"]}
 
-    batch = await drive(BatchRunner(store, run_line, room=lambda: 2), store)
+    registry = CollectorRegistry()
+    runner = BatchRunner(store, run_line, lambda: 2, BatchMetrics(registry, "m"))
+    await runner.step()
+    assert registry.get_sample_value("gateway_batch_backlog_lines", {"model": "m"}) == 7
+    # no max_tokens in these bodies: each counts the endpoint's default, 16
+    assert registry.get_sample_value("gateway_batch_backlog_tokens", {"model": "m"}) == 7 * 16
+    batch = await drive(runner, store)
     assert batch["status"] == "completed" and most <= 2  # never more than the room
+    await runner.step()
+    done = {"model": "m", "outcome": "done"}
+    assert registry.get_sample_value("gateway_batch_lines_total", done) == 6
+    jobs = {"model": "m", "status": "completed"}
+    assert registry.get_sample_value("gateway_batch_jobs", jobs) == 1
     assert batch["request_counts"] == {"total": 7, "completed": 6, "failed": 1}
     out = lines_of(store, batch["output_file_id"])
     assert [x["custom_id"] for x in out] == ["c0", "c1", "c2", "c4", "c5", "c6"]
