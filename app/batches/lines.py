@@ -50,7 +50,9 @@ class LineRunner:
         limit = max(1, int(service.runner.engine.max_num_seqs * self.share))
         return max(0, limit - admission.running)
 
-    async def __call__(self, owner: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def __call__(
+        self, owner: str, batch_id: str, endpoint: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         service = self.serving()
         if service is None:
             raise Unavailable("The model is not ready.")
@@ -65,6 +67,7 @@ class LineRunner:
             raise InvalidRequest(f"{where}: {first['msg']}", param=where or None) from None
         tenant = self.tenant_of(owner)
         record = RequestRecord(endpoint, new_id())
+        record.batch_id = batch_id
         status = 500
         try:
             prep = await service.prepare(req, tenant, record)

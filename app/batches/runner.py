@@ -25,8 +25,9 @@ from app.observability.batch_metrics import BatchMetrics
 
 logger = logging.getLogger(__name__)
 
-# Runs one line's body for the batch's tenant: the answer's JSON, or a GatewayError.
-RunLine = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Runs one line's body for the batch's tenant: (owner, batch id, endpoint,
+# body) -> the answer's JSON, or a GatewayError.
+RunLine = Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class BatchRunner:
@@ -110,7 +111,7 @@ class BatchRunner:
 
     async def _one(self, tenant: str, batch: dict[str, Any], line: Line) -> None:
         try:
-            body = await self.run_line(tenant, batch["endpoint"], line.body)
+            body = await self.run_line(tenant, batch["id"], batch["endpoint"], line.body)
         except BudgetExceeded as exc:
             # At the budget's edge: give the line back, pause the tenant's batches.
             self._paused_until[tenant] = time.time() + exc.retry_after

@@ -19,6 +19,8 @@ from app.batches.store import Line, SqliteStore
 from app.errors import BudgetExceeded, InvalidRequest
 from app.observability.batch_metrics import BatchMetrics
 
+Body = dict[str, Any]
+
 pytestmark = pytest.mark.anyio
 
 
@@ -57,7 +59,9 @@ async def test_every_line_once_in_order_with_failures_apart(store: SqliteStore) 
     running = 0
     most = 0
 
-    async def run_line(tenant: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def run_line(
+        tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         nonlocal running, most
         assert (tenant, endpoint) == ("t", "/v1/completions")
         running += 1
@@ -95,7 +99,9 @@ async def test_no_room_no_line_and_a_budget_edge_pauses(store: SqliteStore) -> N
     room = 0
     refused = 0
 
-    async def run_line(tenant: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def run_line(
+        tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         nonlocal refused
         if refused < 1:
             refused += 1
@@ -116,7 +122,9 @@ async def test_cancel_and_expiry_end_with_what_was_done(store: SqliteStore) -> N
     job(store, 3, expires_in=0.3)
     gate = asyncio.Event()
 
-    async def run_line(tenant: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def run_line(
+        tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         if body["i"] > 0:
             await gate.wait()
         return {"i": body["i"]}

@@ -33,8 +33,8 @@ from app.errors import (
     reject_reasons,
 )
 from app.main import create_app
-from app.observability.metrics import Metrics
 from app.observability.batch_metrics import BatchMetrics
+from app.observability.metrics import Metrics
 from app.observability.tenant_metrics import TenantMetrics
 from app.scopes import RECORD
 from testkit.fake_engine import FakeEngine, Out, ReqOut
