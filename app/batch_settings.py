@@ -19,6 +19,12 @@ class BatchSettings(BaseSettings):
     max_batches_in_progress: int = Field(
         4, ge=1, description="Unfinished batches per tenant (429 beyond)."
     )
+    batch_retention: float = Field(
+        30 * 86400,
+        gt=0,
+        description="Seconds a finished batch, its lines and its output and error files "
+        "are kept (input files stay until deleted).",
+    )
     batch_share: float = Field(
         0.75,
         gt=0,

@@ -45,4 +45,8 @@ def build_batches(
     )
     lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
     metrics = BatchMetrics(registry, settings.model_name)
-    return BatchWing(api, BatchRunner(store, lines, lines.room, metrics), store)
+    return BatchWing(
+        api,
+        BatchRunner(store, lines, lines.room, metrics, retention=settings.batch_retention),
+        store,
+    )

@@ -40,6 +40,7 @@ class BatchRunner:
         *,
         lease: float = 120.0,
         poll: float = 0.5,
+        retention: float = 30 * 86400,
     ):
         self.store = store
         self.run_line = run_line
@@ -47,6 +48,8 @@ class BatchRunner:
         self.metrics = metrics
         self.lease = lease
         self.poll = poll
+        self.retention = retention  # seconds a finished batch is kept
+        self._purged_at = 0.0
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
         self._running: set[asyncio.Task[None]] = set()
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
@@ -74,6 +77,9 @@ class BatchRunner:
         """One pass over the active batches; True when a line was started."""
         started = False
         now = time.time()
+        if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
+            self._purged_at = now
+            await asyncio.to_thread(self.store.purge, now - self.retention)
         if self.metrics is not None:
             await asyncio.to_thread(self._measure)
         for tenant, batch in await asyncio.to_thread(self.store.active_batches):

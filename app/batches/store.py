@@ -231,6 +231,26 @@ class SqliteStore:
             )
             return cur.rowcount
 
+    def purge(self, before: float) -> int:
+        """Finished batches older than `before` (epoch seconds) gone, with
+        their lines and their output and error files; how many went."""
+        marks = ",".join("?" * len(ACTIVE))
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT id, body FROM batches WHERE status NOT IN ({marks}) AND "
+                "coalesce(json_extract(body, '$.completed_at'), json_extract(body, "
+                "'$.expired_at'), json_extract(body, '$.cancelled_at'), "
+                "json_extract(body, '$.failed_at'), created_at) < ?",
+                (*ACTIVE, before),
+            ).fetchall()
+            for batch_id, body in rows:
+                job = json.loads(body)
+                files = [job.get("output_file_id"), job.get("error_file_id")]
+                db.executemany("DELETE FROM files WHERE id = ?", [(f,) for f in files if f])
+                db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
+                db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+        return len(rows)
+
     def job_counts(self) -> dict[str, int]:
         """Batches by status."""
         return {r[0]: int(r[1]) for r in self._all(

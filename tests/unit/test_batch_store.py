@@ -96,3 +96,20 @@ def test_a_restarted_gateway_takes_a_dead_ones_lines_at_once(tmp_path: Path) -> 
     assert store.finish(held[0], "dead", "done", {"i": 0})
     assert store.release_all() == 1  # the one it held unanswered
     assert [ln.idx for ln in store.claim("batch_1", "new", 5, lease=60)] == [1, 2]
+
+
+def test_finished_batches_go_after_their_retention_with_their_files(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    job(store, 1, "old")
+    job(store, 1, "running")
+    meta = {"id": "file-out", "purpose": "batch_output", "filename": "o.jsonl", "bytes": 1,
+            "created_at": 1}  # fmt: skip
+    store.put_file(meta, "a", b"x")
+    old = store.batch("old")
+    assert old is not None
+    old.update(status="completed", completed_at=100, output_file_id="file-out")
+    assert store.update_batch(old)
+    assert store.purge(before=99) == 0  # not yet
+    assert store.purge(before=101) == 1  # the finished one; never a running one
+    assert store.batch("old") is None and store.file("file-out", "a") is None
+    assert store.batch("running") is not None and store.counts("running").total == 1
