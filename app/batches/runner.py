@@ -12,6 +12,7 @@ fleet (PostgreSQL) are not there yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -56,11 +57,16 @@ class BatchRunner:
 
     async def run(self) -> None:
         """Forever (cancelled at shutdown): find work, run it while there is room."""
-        taken = await asyncio.to_thread(self.store.release_all)
-        if taken:
-            logger.info("batch lines taken up again after a restart: %d", taken)
+        with contextlib.suppress(Exception):  # a failing store: the passes say so
+            taken = await asyncio.to_thread(self.store.release_all)
+            if taken:
+                logger.info("batch lines taken up again after a restart: %d", taken)
         while True:
-            worked = await self.step()
+            try:
+                worked = await self.step()
+            except Exception:  # a store that fails (disk, database): try again later
+                logger.exception("batch runner pass failed")
+                worked = False
             if not worked:
                 await asyncio.sleep(self.poll)
 

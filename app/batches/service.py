@@ -8,16 +8,21 @@ missing id. No FastAPI here; the routes (work in progress) only do HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from app.batches.input import read_input
 from app.batches.store import Line, SqliteStore
-from app.errors import InvalidRequest, RateLimited
+from app.errors import InvalidRequest, RateLimited, Unavailable
 from app.errors import ResourceNotFound as NotFound
 
 WINDOWS = {"24h": 24 * 3600}
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class Batches:
@@ -35,6 +40,16 @@ class Batches:
         self.max_lines = max_lines
         self.max_active = max_active  # batches per tenant not yet finished
         self.windows = window_seconds or WINDOWS
+
+    async def _db(self, call: Callable[..., T], *args: Any) -> T:
+        """A store call on a thread; a store that fails (a full disk, a lost
+        database) is a 503 for this call, never a lost accepted line (each
+        write is one transaction)."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except sqlite3.Error as exc:
+            logger.error("batch store: %s", exc)
+            raise Unavailable(f"The batch store is unavailable ({exc}); retry later.") from None
 
     # -- files -----------------------------------------------------------------
 
@@ -56,27 +71,27 @@ class Batches:
             "bytes": len(content),
             "created_at": int(time.time()),
         }
-        await asyncio.to_thread(self.store.put_file, meta, owner, content)
+        await self._db(self.store.put_file, meta, owner, content)
         return {**meta, "object": "file", "status": "processed"}
 
     async def file(self, owner: str, file_id: str) -> dict[str, Any]:
-        meta = await asyncio.to_thread(self.store.file, file_id, owner)
+        meta = await self._db(self.store.file, file_id, owner)
         if meta is None:
             raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
         return meta
 
     async def files(self, owner: str) -> dict[str, Any]:
-        data = await asyncio.to_thread(self.store.files, owner)
+        data = await self._db(self.store.files, owner)
         return {"object": "list", "data": data, "has_more": False}
 
     async def content(self, owner: str, file_id: str) -> bytes:
-        content = await asyncio.to_thread(self.store.content, file_id, owner)
+        content = await self._db(self.store.content, file_id, owner)
         if content is None:
             raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
         return content
 
     async def delete(self, owner: str, file_id: str) -> dict[str, Any]:
-        if not await asyncio.to_thread(self.store.delete_file, file_id, owner):
+        if not await self._db(self.store.delete_file, file_id, owner):
             raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
         return {"id": file_id, "object": "file", "deleted": True}
 
@@ -98,7 +113,7 @@ class Batches:
             )
         content = await self.content(owner, input_file_id)
         requests = read_input(content, endpoint, self.max_lines)
-        if await asyncio.to_thread(self.store.in_progress, owner) >= self.max_active:
+        if await self._db(self.store.in_progress, owner) >= self.max_active:
             raise RateLimited(
                 f"At most {self.max_active} batches may be in progress at once; "
                 "retry when one finishes.",
@@ -130,14 +145,14 @@ class Batches:
             "metadata": metadata,
         }
         lines = [Line(batch_id, i, cid, body) for i, (cid, body) in enumerate(requests)]
-        await asyncio.to_thread(self.store.create_batch, batch, owner, lines)
+        await self._db(self.store.create_batch, batch, owner, lines)
         return batch
 
     async def get(self, owner: str, batch_id: str) -> dict[str, Any]:
-        batch = await asyncio.to_thread(self.store.batch, batch_id, owner)
+        batch = await self._db(self.store.batch, batch_id, owner)
         if batch is None:
             raise NotFound(f"No such batch: {batch_id[:64]}.", param="batch_id")
-        counts = await asyncio.to_thread(self.store.counts, batch_id)
+        counts = await self._db(self.store.counts, batch_id)
         batch["request_counts"] = {
             "total": counts.total, "completed": counts.completed, "failed": counts.failed
         }  # fmt: skip
@@ -145,7 +160,7 @@ class Batches:
 
     async def list(self, owner: str, after: str | None, limit: int) -> dict[str, Any]:
         limit = max(1, min(limit, 100))
-        data = await asyncio.to_thread(self.store.batches, owner, after, limit + 1)
+        data = await self._db(self.store.batches, owner, after, limit + 1)
         more = len(data) > limit
         data = data[:limit]
         return {
@@ -162,5 +177,5 @@ class Batches:
             previous = batch["status"]
             batch["status"] = "cancelling"
             batch["cancelling_at"] = int(time.time())
-            await asyncio.to_thread(self.store.update_batch, batch, previous)
+            await self._db(self.store.update_batch, batch, previous)
         return await self.get(owner, batch_id)
