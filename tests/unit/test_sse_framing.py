@@ -131,13 +131,14 @@ def test_a_broken_stream_ends_with_its_error_then_done() -> None:
 LP = {
     "tokens": ["é", "b"],
     "token_logprobs": [-0.5, None],
-    "top_logprobs": [{"é": -0.5, "x": -2.0, "y": -1.0}, None],
+    # alternatives out of order, so neither the dict's nor the tokens' order is the logprobs'
+    "top_logprobs": [{"é": -0.5, "z": -2.0, "b": -1.0}, None],
     "text_offset": [0, 1],
 }
 CHAT_CONTENT = [
     {"token": "é", "logprob": -0.5, "bytes": [195, 169], "top_logprobs": [
         {"token": "é", "logprob": -0.5, "bytes": [195, 169]},
-        {"token": "y", "logprob": -1.0, "bytes": [121]},
+        {"token": "b", "logprob": -1.0, "bytes": [98]},
     ]},
     {"token": "b", "logprob": None, "bytes": [98], "top_logprobs": []},
 ]  # fmt: skip
@@ -183,6 +184,9 @@ def test_text_answer_and_deltas_of_both_shapes() -> None:
         "index": 3, "delta": {"content": "b"}, "logprobs": {"content": CHAT_CONTENT},
         "finish_reason": "length",
     }  # fmt: skip
+    # logprobs asked with top_logprobs 0: each token's own logprob, no alternative
+    zero = CHAT.delta(d, prep(0))["logprobs"]["content"]  # type: ignore[arg-type]
+    assert [c["top_logprobs"] for c in zero] == [[], []]
     empty = SimpleNamespace(choice=choice, text="", logprobs_start=0, finish_reason=None)
     assert CHAT.delta(empty, prep()) == {  # type: ignore[arg-type]
         "index": 3, "delta": {}, "logprobs": None, "finish_reason": None
