@@ -111,7 +111,8 @@ def test_examples_at_the_edges() -> None:
     # exactly at the limit: untouched; one over: the oldest after BOS goes
     assert fit_prompt(ids, 58, LIMIT, policy="error", bos=BOS) == ids
     assert fit_prompt(ids, 59, LIMIT, policy="left", bos=BOS) == [BOS, 11, 12, 13, 14]
-    # a budget of one token keeps the newest, not BOS
+    # a budget of two keeps BOS and the newest; of one, the newest, not BOS
+    assert fit_prompt(ids, 62, LIMIT, policy="left", bos=BOS) == [BOS, 14]
     assert fit_prompt(ids, 63, LIMIT, policy="left", bos=BOS) == [14]
     # BOS kept only when the prompt starts with it; no BOS known: plain newest
     assert fit_prompt([7, *ids], 60, LIMIT, policy="left", bos=BOS) == [11, 12, 13, 14]
@@ -193,6 +194,8 @@ def test_conversation_examples_at_the_edges() -> None:
     # one more: the oldest non-system message goes, whole
     ids, dropped, tokens = fit_messages(convo, render, 6, LIMIT, policy="left")
     assert (ids, dropped, tokens) == (render([system, mid, last]), 1, 21)
+    # exactly at the limit after dropping one: one dropped, not two
+    assert fit_messages(convo, render, 26, LIMIT, policy="left")[1:] == (1, 21)
     # no max_tokens: one token is kept for the completion
     assert fit_messages(convo, render, None, LIMIT, policy="left")[1] == 0
     # even system + last cannot fit: refused, saying how long they are; and

@@ -124,3 +124,84 @@ def test_a_broken_stream_ends_with_its_error_then_done() -> None:
     assert event["error"]["code"] == int(failure.status) == 500 and done == "[DONE]"
     limited = RateLimited("slow down", retry_after=3)
     assert events(error_events(limited))[0]["error"]["code"] == (limited.code or 429)
+
+
+# -- the OpenAI shapes (whole answers and deltas), exactly --------------------
+
+LP = {
+    "tokens": ["é", "b"],
+    "token_logprobs": [-0.5, None],
+    # alternatives out of order, so neither the dict's nor the tokens' order is the logprobs'
+    "top_logprobs": [{"é": -0.5, "z": -2.0, "b": -1.0}, None],
+    "text_offset": [0, 1],
+}
+CHAT_CONTENT = [
+    {"token": "é", "logprob": -0.5, "bytes": [195, 169], "top_logprobs": [
+        {"token": "é", "logprob": -0.5, "bytes": [195, 169]},
+        {"token": "b", "logprob": -1.0, "bytes": [98]},
+    ]},
+    {"token": "b", "logprob": None, "bytes": [98], "top_logprobs": []},
+]  # fmt: skip
+
+
+def prep(logprobs: int | None = None) -> Any:
+    return SimpleNamespace(request_id="chatcmpl-1", created=7, model="m", logprobs=logprobs,
+                           include_usage=False)  # fmt: skip
+
+
+def answer_choices(lp: Any) -> Any:
+    final = [{"index": 0, "text": "éb", "logprobs": lp, "finish_reason": "stop"}]
+    return SimpleNamespace(final=lambda: final)
+
+
+def test_chat_logprobs_keep_the_k_most_likely_in_order_with_bytes() -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    body = CHAT.answer(prep(2), answer_choices(LP), usage)  # type: ignore[arg-type]
+    assert body == {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "éb"},
+                     "logprobs": {"content": CHAT_CONTENT}, "finish_reason": "stop"}],
+        "usage": usage,
+    }  # fmt: skip
+    # without logprobs: null, and k 0 keeps no alternative
+    body = CHAT.answer(prep(None), answer_choices(None), usage)  # type: ignore[arg-type]
+    assert body["choices"][0]["logprobs"] is None
+    body = CHAT.answer(prep(0), answer_choices(LP), usage)  # type: ignore[arg-type]
+    assert [c["top_logprobs"] for c in body["choices"][0]["logprobs"]["content"]] == [[], []]
+
+
+def test_text_answer_and_deltas_of_both_shapes() -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    body = TEXT.answer(prep(), answer_choices(None), usage)  # type: ignore[arg-type]
+    assert body == {"id": "chatcmpl-1", "object": "text_completion", "created": 7, "model": "m",
+                    "choices": answer_choices(None).final(), "usage": usage}  # fmt: skip
+    choice = SimpleNamespace(index=3, logprobs_from=lambda start: {**LP} if start == 1 else None)
+    d = SimpleNamespace(choice=choice, text="b", logprobs_start=1, finish_reason="length")
+    assert TEXT.delta(d, prep(2)) == {  # type: ignore[arg-type]
+        "index": 3, "text": "b", "logprobs": LP, "finish_reason": "length"
+    }  # fmt: skip
+    assert CHAT.delta(d, prep(2)) == {  # type: ignore[arg-type]
+        "index": 3, "delta": {"content": "b"}, "logprobs": {"content": CHAT_CONTENT},
+        "finish_reason": "length",
+    }  # fmt: skip
+    # logprobs asked with top_logprobs 0: each token's own logprob, no alternative
+    zero = CHAT.delta(d, prep(0))["logprobs"]["content"]  # type: ignore[arg-type]
+    assert [c["top_logprobs"] for c in zero] == [[], []]
+    empty = SimpleNamespace(choice=choice, text="", logprobs_start=0, finish_reason=None)
+    assert CHAT.delta(empty, prep()) == {  # type: ignore[arg-type]
+        "index": 3, "delta": {}, "logprobs": None, "finish_reason": None
+    }  # fmt: skip
+
+
+def test_the_generic_encoder_writes_logprobs_and_raw_utf8() -> None:
+    """With logprobs (or for chat) the chunk is json.dumps'd whole: non-ASCII
+    stays raw, and the head and tail are around the delta."""
+    choice = SimpleNamespace(index=0, logprobs_from=lambda start: LP)
+    d = SimpleNamespace(choice=choice, text="é", logprobs_start=0, finish_reason=None)
+    head = {"id": "c", "object": "text_completion", "created": 7, "model": "m"}
+    wire = TEXT.encoder(prep(1), head, {"usage": None})(d)  # type: ignore[arg-type]
+    assert "é" in wire and "\\u00e9" not in wire
+    chunk = {"index": 0, "text": "é", "logprobs": LP, "finish_reason": None}
+    assert events(wire) == [{**head, "choices": [chunk], "usage": None}]
+    chat = CHAT.encoder(prep(None), head, {})(d)  # type: ignore[arg-type]
+    assert events(chat)[0]["choices"][0]["delta"] == {"content": "é"}

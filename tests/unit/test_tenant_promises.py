@@ -209,8 +209,18 @@ def test_a_tenant_over_its_queue_share_is_refused_before_one_under_it() -> None:
     with pytest.raises(RateLimited) as refused:
         adm.enter(1, flow="a", share=0.5)
     assert refused.value.code == "queue_share_exceeded" and refused.value.retry_after == 1
+    assert refused.value.message == (
+        "This tenant has 4 requests waiting, its share of the queue (by weight); "
+        "retry when one starts."
+    )
     assert adm.enter(1, flow="b", share=0.5).queued  # before: the queue took a's too
     assert adm.enter(1, flow=None).queued  # no share (no tenants): the whole queue
+    # a share too small for one place of the queue still has one, not more
+    tiny = Admission(1, 8, 10**6)
+    tiny.enter(1, flow="c", share=0.01)  # running
+    assert tiny.enter(1, flow="c", share=0.01).queued
+    with pytest.raises(RateLimited):
+        tiny.enter(1, flow="c", share=0.01)
 
 
 def test_shares_follow_the_files_weights_and_the_plain_keys(tmp_path: Path) -> None:
@@ -343,7 +353,12 @@ def test_a_request_larger_than_the_whole_budget_is_a_400() -> None:
     with pytest.raises(InvalidRequest) as bad:
         too_large(windows(t, 2048, NOW))
     assert bad.value.status == 400 and bad.value.param == "max_tokens"
-    assert bad.value.code == "budget_too_small" and "max_tokens" in bad.value.message
+    assert bad.value.code == "budget_too_small"
+    assert bad.value.message == (
+        "This request reserves 2048 tokens (its prompt plus max_tokens for every choice), "
+        "more than the whole tokens_per_minute budget (100): no retry can fit it. Send a "
+        "smaller max_tokens (or n, or prompt)."
+    )
     too_large(windows(t, 100, NOW))  # exactly the budget: may wait for the window
 
 
