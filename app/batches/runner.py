@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.batches.store import Line, SqliteStore
+from app.batches.records import Line
+from app.batches.store import SqliteStore
 from app.errors import BudgetExceeded, GatewayError
 from app.observability.batch_metrics import BatchMetrics
 

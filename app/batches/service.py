@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from app.batches.input import read_input
-from app.batches.store import Line, SqliteStore
+from app.batches.records import Line
+from app.batches.store import SqliteStore
 from app.errors import InvalidRequest, RateLimited, Unavailable
 from app.errors import ResourceNotFound as NotFound
 

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from app.batches.store import Line, SqliteStore
+from app.batches.records import Line
+from app.batches.store import SqliteStore
 
 
 def job(store: SqliteStore, n: int, batch_id: str = "batch_1", tenant: str = "a") -> None:
@@ -50,7 +51,8 @@ def test_a_job_survives_a_killed_process(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     code = f"""
 import os, signal
-from app.batches.store import Line, SqliteStore
+from app.batches.records import Line
+from app.batches.store import SqliteStore
 s = SqliteStore(__import__("pathlib").Path({str(db)!r}))
 s.create_batch({{"id": "b", "status": "in_progress", "created_at": 1, "expires_at": 10**10}},
                "a", [Line("b", i, f"c{{i}}", {{}}) for i in range(3)])
