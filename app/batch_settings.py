@@ -10,7 +10,8 @@ class BatchSettings(BaseSettings):
     batches: bool = Field(True, description="The Batch API (/v1/files, /v1/batches).")
     batch_store: str | None = Field(
         None,
-        description="Where batches live: a SQLite file (default: GATEWAY_DATA_DIR/batches.db).",
+        description="Where batches live: a SQLite file (default: GATEWAY_DATA_DIR/batches.db), "
+        "or postgresql://... for a fleet that shares them.",
     )
     max_batch_file_bytes: int = Field(
         100 * 2**20, ge=1, description="The largest batch input file (400 above it)."
@@ -24,6 +25,12 @@ class BatchSettings(BaseSettings):
         gt=0,
         description="Seconds a finished batch, its lines and its output and error files "
         "are kept (input files stay until deleted).",
+    )
+    batch_lease: float = Field(
+        120,
+        gt=0,
+        description="Seconds a replica holds a batch line it took; a replica that dies "
+        "mid-line has its lines taken by another when the lease runs out.",
     )
     batch_share: float = Field(
         0.75,

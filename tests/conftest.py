@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.postgres import Postgres, start_postgres
 from tests.support.gateway import (
     API_KEY,
     MODEL_DIR,
@@ -47,6 +48,14 @@ def model_dir() -> Path:
     if not (MODEL_DIR / "config.json").exists():
         pytest.fail("fixture model missing: run `make setup`")
     return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One real PostgreSQL server for the session; `new_database()` per test."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres") / "postgres.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,19 @@
 """The Batch API put together from settings: the store (SQLite under
-GATEWAY_DATA_DIR unless GATEWAY_BATCH_STORE names a file), the operations
+GATEWAY_DATA_DIR unless GATEWAY_BATCH_STORE names a file or a PostgreSQL URL), the operations
 the routes call, and the runner the lifespan starts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from app.batches.lines import LineRunner
 from app.batches.runner import BatchRunner
 from app.batches.service import Batches
-from app.batches.store import SqliteStore
+from app.batches.backends import open_store
+from app.batches.store import BatchStore
 from app.completion.service import CompletionService
 from app.config import Settings
 from app.observability.batch_metrics import BatchMetrics
@@ -25,7 +25,7 @@ from app.tenancy.tenants import TenantBook
 class BatchWing:
     api: Batches
     runner: BatchRunner
-    store: SqliteStore
+    store: BatchStore
 
 
 def build_batches(
@@ -35,8 +35,7 @@ def build_batches(
     serving: Callable[[], CompletionService | None],
     registry: CollectorRegistry,
 ) -> BatchWing:
-    path = Path(settings.batch_store) if settings.batch_store else settings.data_dir / "batches.db"
-    store = SqliteStore(path)
+    store = open_store(settings.batch_store, settings.data_dir)
     api = Batches(
         store,
         max_file_bytes=settings.max_batch_file_bytes,
@@ -47,6 +46,13 @@ def build_batches(
     metrics = BatchMetrics(registry, settings.model_name)
     return BatchWing(
         api,
-        BatchRunner(store, lines, lines.room, metrics, retention=settings.batch_retention),
+        BatchRunner(
+            store,
+            lines,
+            lines.room,
+            metrics,
+            lease=settings.batch_lease,
+            retention=settings.batch_retention,
+        ),
         store,
     )

@@ -1,5 +1,6 @@
-"""What the batch store holds, as plain data: its tables, a line to run,
-a batch's counts, and the statuses of a batch still running."""
+"""What the batch store holds, as plain data: its tables (one schema for
+SQLite and PostgreSQL, the blob type apart), a line to run, a batch's
+counts, and the statuses of a batch still running."""
 
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, purpose TEXT NOT NULL,
-    filename TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL,
-    content BLOB NOT NULL
+    filename TEXT NOT NULL, bytes BIGINT NOT NULL, created_at BIGINT NOT NULL,
+    content {blob} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, body TEXT NOT NULL,
-    status TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+    status TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+    finished_at BIGINT
 );
 CREATE TABLE IF NOT EXISTS lines (
     batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL,
-    body TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
-    owner TEXT, lease_until REAL, result TEXT,
+    body TEXT NOT NULL, max_tokens INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    owner TEXT, lease_until DOUBLE PRECISION, result TEXT,
     PRIMARY KEY (batch_id, idx)
 );
 CREATE INDEX IF NOT EXISTS pending_lines ON lines (state, batch_id, idx);
 """
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+ENDINGS = ("completed", "expired", "cancelled", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +38,27 @@ class Line:
     custom_id: str
     body: dict[str, Any]
 
+    @property
+    def max_tokens(self) -> int:
+        """The output tokens the line may take (the backlog's measure); a
+        line without a limit counts the completions endpoint's default, 16."""
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = self.body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return 16
+
 
 @dataclass(frozen=True, slots=True)
 class Counts:
     total: int
     completed: int
     failed: int
+
+
+def finished_at(batch: dict[str, Any]) -> int | None:
+    """When a batch ended (completed, expired, cancelled or failed), if it did."""
+    for ending in ENDINGS:
+        if batch.get(f"{ending}_at"):
+            return int(batch[f"{ending}_at"])
+    return None

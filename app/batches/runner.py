@@ -2,11 +2,9 @@
 through the completion service (the same preparation, limits, constraints
 and engine path as online traffic), at a priority below every online one,
 and only while the engine has room: no online request waits, and running
-requests stay below `room` places. A tenant's budget at its edge pauses the
-batch until the window turns; it does not fail it.
-
-Work in progress (#36): the HTTP routes, the real-engine tests and the
-fleet (PostgreSQL) are not there yet.
+requests stay below `room` places. A line that ends wakes the runner, so
+the engine does not idle while a batch waits. A tenant's budget at its
+edge pauses the batch until the window turns; it does not fail it.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.batches.records import Line
-from app.batches.store import SqliteStore
+from app.batches.store import BatchStore
 from app.errors import BudgetExceeded, GatewayError
 from app.observability.batch_metrics import BatchMetrics
 
@@ -35,7 +33,7 @@ RunLine = Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 class BatchRunner:
     def __init__(
         self,
-        store: SqliteStore,
+        store: BatchStore,
         run_line: RunLine,
         room: Callable[[], int],
         metrics: BatchMetrics | None = None,
@@ -43,6 +41,7 @@ class BatchRunner:
         lease: float = 120.0,
         poll: float = 0.5,
         retention: float = 30 * 86400,
+        measure_every: float = 5.0,
     ):
         self.store = store
         self.run_line = run_line
@@ -51,7 +50,10 @@ class BatchRunner:
         self.lease = lease
         self.poll = poll
         self.retention = retention  # seconds a finished batch is kept
+        self.measure_every = measure_every  # seconds between the gauges' reads
         self._purged_at = 0.0
+        self._measured_at = 0.0
+        self._wake = asyncio.Event()  # a line ended: its place is free
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
         self._running: set[asyncio.Task[None]] = set()
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
@@ -62,14 +64,19 @@ class BatchRunner:
             taken = await asyncio.to_thread(self.store.release_all)
             if taken:
                 logger.info("batch lines taken up again after a restart: %d", taken)
+        failing = False
         while True:
+            self._wake.clear()
             try:
                 worked = await self.step()
-            except Exception:  # a store that fails (disk, database): try again later
-                logger.exception("batch runner pass failed")
-                worked = False
+                failing = False
+            except Exception as exc:  # a store that fails (disk, database): try again later
+                if not failing:  # said once per outage, not every pass
+                    logger.error("batch runner pass failed: %r", exc)
+                failing, worked = True, False
             if not worked:
-                await asyncio.sleep(self.poll)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
 
     async def stop(self) -> None:
         """A clean stop: lines in flight are given back at once (their answers,
@@ -77,8 +84,7 @@ class BatchRunner:
         for the leases to run out."""
         for task in list(self._running):
             task.cancel()
-        for _, batch in await asyncio.to_thread(self.store.active_batches):
-            await asyncio.to_thread(self.store.release, batch["id"], self.owner)
+        await asyncio.to_thread(self.store.release, self.owner)
 
     async def step(self) -> bool:
         """One pass over the active batches; True when a line was started."""
@@ -87,7 +93,8 @@ class BatchRunner:
         if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
             self._purged_at = now
             await asyncio.to_thread(self.store.purge, now - self.retention)
-        if self.metrics is not None:
+        if self.metrics is not None and now - self._measured_at > self.measure_every:
+            self._measured_at = now
             await asyncio.to_thread(self._measure)
         for tenant, batch in await asyncio.to_thread(self.store.active_batches):
             if await self._settle(tenant, batch, now):
@@ -105,9 +112,13 @@ class BatchRunner:
             for line in lines:
                 task = asyncio.ensure_future(self._one(tenant, batch, line))
                 self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                task.add_done_callback(self._ended)
                 started = True
         return started
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
 
     def _measure(self) -> None:
         metrics = self.metrics
@@ -128,7 +139,7 @@ class BatchRunner:
         except BudgetExceeded as exc:
             # At the budget's edge: give the line back, pause the tenant's batches.
             self._paused_until[tenant] = time.time() + exc.retry_after
-            await asyncio.to_thread(self.store.release, batch["id"], self.owner)
+            await asyncio.to_thread(self.store.release, self.owner, batch["id"])
             return
         except GatewayError as exc:
             result = _line(line, None, {"status_code": int(exc.status), "body": exc.body()})
@@ -162,20 +173,29 @@ class BatchRunner:
             return False
         if ending != "completed":
             await asyncio.to_thread(self.store.cancel_pending, batch["id"])
+        files = []
         for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
-            batch[field] = await asyncio.to_thread(self._result_file, tenant, batch, state)
+            made = await asyncio.to_thread(self._result_file, batch, state)
+            batch[field] = made[0]["id"] if made else None
+            if made:
+                files.append((made[0], tenant, made[1]))
         batch["status"] = ending
         batch[f"{ending}_at"] = int(now)
         batch["finalizing_at"] = batch.get("finalizing_at") or int(now)
-        await asyncio.to_thread(self.store.update_batch, batch, status)
+        # The job and its files in one write, and only by the replica that
+        # saw it `status`: a fleet settles a batch once.
+        await asyncio.to_thread(self.store.update_batch, batch, status, files)
         return True
 
-    def _result_file(self, tenant: str, batch: dict[str, Any], state: str) -> str | None:
+    def _result_file(
+        self, batch: dict[str, Any], state: str
+    ) -> tuple[dict[str, Any], bytes] | None:
         """The output (or error) file: the answers in the input's order."""
-        results = self.store.results(batch["id"], state)
-        if not results:
+        content = "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in self.store.results(batch["id"], state)
+        ).encode()
+        if not content:
             return None
-        content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results).encode()
         kind = "output" if state == "done" else "error"
         meta = {
             "id": f"file-{uuid.uuid4().hex}",
@@ -184,8 +204,7 @@ class BatchRunner:
             "bytes": len(content),
             "created_at": int(time.time()),
         }
-        self.store.put_file(meta, tenant, content)
-        return str(meta["id"])
+        return meta, content
 
 
 def _line(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -17,11 +17,15 @@ from typing import Any, TypeVar
 
 from app.batches.input import read_input
 from app.batches.records import Line
-from app.batches.store import SqliteStore
+from app.batches.store import BatchStore, StoreError
 from app.errors import InvalidRequest, RateLimited, Unavailable
 from app.errors import ResourceNotFound as NotFound
 
-WINDOWS = {"24h": 24 * 3600}
+# OpenAI's one window is 24h; a shorter one (e.g. "1h", "30m", "90s") is
+# ours too, for a job that is worth nothing after it.
+WINDOW = re.compile(r"([1-9][0-9]{0,5})([smh])")
+UNITS = {"s": 1, "m": 60, "h": 3600}
+LONGEST = 24 * 3600
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -29,18 +33,16 @@ logger = logging.getLogger(__name__)
 class Batches:
     def __init__(
         self,
-        store: SqliteStore,
+        store: BatchStore,
         *,
         max_file_bytes: int,
         max_lines: int,
         max_active: int,
-        window_seconds: dict[str, float] | None = None,
     ):
         self.store = store
         self.max_file_bytes = max_file_bytes
         self.max_lines = max_lines
         self.max_active = max_active  # batches per tenant not yet finished
-        self.windows = window_seconds or WINDOWS
 
     async def _db(self, call: Callable[..., T], *args: Any) -> T:
         """A store call on a thread; a store that fails (a full disk, a lost
@@ -48,7 +50,7 @@ class Batches:
         write is one transaction)."""
         try:
             return await asyncio.to_thread(call, *args)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             logger.error("batch store: %s", exc)
             raise Unavailable(f"The batch store is unavailable ({exc}); retry later.") from None
 
@@ -106,12 +108,7 @@ class Batches:
         completion_window: str,
         metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        window = self.windows.get(completion_window)
-        if window is None:
-            raise InvalidRequest(
-                f"completion_window must be one of {', '.join(self.windows)}.",
-                param="completion_window",
-            )
+        window = window_seconds(completion_window)
         content = await self.content(owner, input_file_id)
         requests = read_input(content, endpoint, self.max_lines)
         if await self._db(self.store.in_progress, owner) >= self.max_active:
@@ -180,3 +177,16 @@ class Batches:
             batch["cancelling_at"] = int(time.time())
             await self._db(self.store.update_batch, batch, previous)
         return await self.get(owner, batch_id)
+
+
+def window_seconds(text: str) -> int:
+    """A completion window's seconds: "24h", or shorter ("1h", "30m", "90s")."""
+    match = WINDOW.fullmatch(text)
+    seconds = int(match[1]) * UNITS[match[2]] if match else 0
+    if not 0 < seconds <= LONGEST:
+        raise InvalidRequest(
+            "completion_window must be 24h or shorter, as a number of hours, minutes or "
+            'seconds ("24h", "1h", "30m", "90s").',
+            param="completion_window",
+        )
+    return seconds

@@ -18,6 +18,9 @@ from tests.support.wait import until
 pytestmark = pytest.mark.engine
 
 LINES = 24
+# Two engine places: a batch may fill one (share 0.75), so its lines run one
+# after another and the kill lands mid-batch.
+ENV = {"GATEWAY_MAX_NUM_SEQS": "2"}
 
 
 def _client(gw: Gateway) -> openai.OpenAI:
@@ -28,7 +31,7 @@ def test_a_batch_resumes_after_sigkill_and_answers_each_line_once(
     model_dir: Path, tmp_path: Path
 ) -> None:
     args = ("--warmup", "minimal", "--data-dir", str(tmp_path / "state"))
-    gw = support.start_gateway(model_dir, tmp_path / "gw1.log", *args)
+    gw = support.start_gateway(model_dir, tmp_path / "gw1.log", *args, env=ENV)
     try:
         client = _client(gw)
         lines = [
@@ -43,16 +46,17 @@ def test_a_batch_resumes_after_sigkill_and_answers_each_line_once(
             input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
         )
 
-        def some_done() -> bool:
+        def some_done() -> int:
             counts = client.batches.retrieve(batch.id).request_counts
-            return counts is not None and 0 < counts.completed < LINES
+            return counts.completed if counts is not None else 0
 
-        until(some_done, "some lines answered, not all", within=120, every=0.05)
+        done_before = until(some_done, "a line answered", within=120, every=0.05)
     finally:
         gw.proc.kill()  # SIGKILL: no drain, no lease given back
     gw.proc.wait(30)
+    assert done_before < LINES  # the kill came mid-batch
 
-    gw2 = support.start_gateway(model_dir, tmp_path / "gw2.log", *args)
+    gw2 = support.start_gateway(model_dir, tmp_path / "gw2.log", *args, env=ENV)
     try:
         client = _client(gw2)
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from app.batches.records import Line
 from app.batches.runner import BatchRunner
-from app.batches.store import SqliteStore
+from app.batches.backends import SqliteStore
 from app.errors import BudgetExceeded, InvalidRequest
 from app.observability.batch_metrics import BatchMetrics
 
@@ -74,7 +74,7 @@ async def test_every_line_once_in_order_with_failures_apart(store: SqliteStore) 
         return {"answer": body["i"]}
 
     registry = CollectorRegistry()
-    runner = BatchRunner(store, run_line, lambda: 2, BatchMetrics(registry, "m"))
+    runner = BatchRunner(store, run_line, lambda: 2, BatchMetrics(registry, "m"), measure_every=0)
     await runner.step()
     assert registry.get_sample_value("gateway_batch_backlog_lines", {"model": "m"}) == 7
     # no max_tokens in these bodies: each counts the endpoint's default, 16

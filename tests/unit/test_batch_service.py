@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from app.batches.service import Batches
-from app.batches.store import SqliteStore
+from app.batches.backends import PostgresStore, SqliteStore
 from app.errors import InvalidRequest, RateLimited, ResourceNotFound, Unavailable
+from tests.support.postgres import start_postgres
 
 pytestmark = pytest.mark.anyio
 
@@ -46,8 +47,10 @@ async def test_limits_and_other_tenants(tmp_path: Path) -> None:
     f = await api.upload("t1", "in.jsonl", "batch", LINE)
     with pytest.raises(ResourceNotFound):
         await api.create("t2", f["id"], "/v1/completions", "24h")
-    with pytest.raises(InvalidRequest):
-        await api.create("t1", f["id"], "/v1/completions", "1h")
+    for window in ("48h", "25h", "tomorrow", "0s", "1d"):
+        with pytest.raises(InvalidRequest) as exc:
+            await api.create("t1", f["id"], "/v1/completions", window)
+        assert exc.value.param == "completion_window"
     await api.create("t1", f["id"], "/v1/completions", "24h")
     with pytest.raises(RateLimited):  # one batch in progress at most here
         await api.create("t1", f["id"], "/v1/completions", "24h")
@@ -62,3 +65,22 @@ async def test_a_failing_store_is_a_503_and_keeps_what_it_had(tmp_path: Path) ->
     assert int(exc.value.status) == 503
     again = SqliteStore(tmp_path / "b.db")  # what was accepted is still there
     assert again.content(f["id"], "t1") == LINE
+
+
+async def test_a_lost_database_is_a_503_until_it_is_back(tmp_path: Path) -> None:
+    """PostgreSQL killed (every connection cut): calls fail with 503, nothing
+    hangs; started again, the same store reconnects and has what it had."""
+    pg = start_postgres(tmp_path / "postgres.log")
+    try:
+        api = Batches(PostgresStore(pg.new_database()), max_file_bytes=1000, max_lines=10,
+                      max_active=1)  # fmt: skip
+        f = await api.upload("t1", "in.jsonl", "batch", LINE)
+        pg.kill()
+        for _ in range(2):  # the call that finds the connection lost, and the next
+            with pytest.raises(Unavailable) as exc:
+                await api.files("t1")
+            assert int(exc.value.status) == 503
+        pg.restart()
+        assert await api.content("t1", f["id"]) == LINE
+    finally:
+        pg.stop()
