@@ -2,12 +2,11 @@
 online endpoint validates it, prepared by the same service (limits,
 constraints, the tenant's budgets), run below every online priority, told
 to the ledger like any request (its usage line carries the batch id).
-
-Work in progress (#36): wired into the app by the next step.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest
 from app.completion.service import CompletionService
-from app.errors import InvalidRequest, Unavailable
+from app.errors import CLIENT_CLOSED, InvalidRequest, Unavailable
 from app.ids import new_id
 from app.observability.record import RequestRecord
 from app.tenancy.ledger import Ledger
@@ -75,6 +74,9 @@ class LineRunner:
             answer = await service.complete(prep)
             status = 200
             return answer
+        except asyncio.CancelledError:  # its batch was cancelled or expired
+            status = CLIENT_CLOSED
+            raise
         except Exception as exc:
             status = int(getattr(exc, "status", 500))
             raise

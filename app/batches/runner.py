@@ -55,7 +55,7 @@ class BatchRunner:
         self._measured_at = 0.0
         self._wake = asyncio.Event()  # a line ended: its place is free
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], str] = {}  # line task -> its batch id
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
 
     async def run(self) -> None:
@@ -111,13 +111,13 @@ class BatchRunner:
             )
             for line in lines:
                 task = asyncio.ensure_future(self._one(tenant, batch, line))
-                self._running.add(task)
+                self._running[task] = batch["id"]
                 task.add_done_callback(self._ended)
                 started = True
         return started
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._wake.set()
 
     def _measure(self) -> None:
@@ -172,6 +172,9 @@ class BatchRunner:
         if ending is None:
             return False
         if ending != "completed":
+            for task, of in list(self._running.items()):  # its lines in flight end now
+                if of == batch["id"]:
+                    task.cancel()
             await asyncio.to_thread(self.store.cancel_pending, batch["id"])
         files = []
         for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
