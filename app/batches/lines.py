@@ -36,18 +36,21 @@ class LineRunner:
         self.tenant_of = tenant_of  # a batch's owner -> its tenant now
         self.ledger = ledger
         self.share = share  # of the engine's places a batch may fill
+        self.inflight = 0  # lines being run now (admitted or about to be)
 
     def room(self) -> int:
-        """Places a batch line may take now: none while any online request
-        waits, else up to `share` of the engine's places."""
+        """Places batch lines may hold in all now: none while any online
+        request waits, else up to `share` of the engine's places, less the
+        places online requests run in."""
         service = self.serving()
         if service is None:
             return 0
         admission = service.runner.admission
         if admission.queued:
             return 0
-        limit = max(1, int(service.runner.engine.max_num_seqs * self.share))
-        return max(0, limit - admission.running)
+        slots = service.runner.engine.max_num_seqs
+        online = max(0, admission.running - self.inflight)
+        return max(0, min(max(1, int(slots * self.share)), slots - online))
 
     async def __call__(
         self, owner: str, batch_id: str, endpoint: str, body: dict[str, Any]
@@ -66,6 +69,7 @@ class LineRunner:
             raise InvalidRequest(f"{where}: {first['msg']}", param=where or None) from None
         tenant = self.tenant_of(owner)
         record = RequestRecord(endpoint, new_id())
+        self.inflight += 1
         record.batch_id = batch_id
         status = 500
         try:
@@ -81,6 +85,7 @@ class LineRunner:
             status = int(getattr(exc, "status", 500))
             raise
         finally:
+            self.inflight -= 1
             record.tenant = record.tenant or tenant
             if self.ledger is not None:
                 self.ledger.finish(record, status)

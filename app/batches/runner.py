@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,10 +43,11 @@ class BatchRunner:
         poll: float = 0.5,
         retention: float = 30 * 86400,
         measure_every: float = 5.0,
+        ahead: int = 16,
     ):
         self.store = store
         self.run_line = run_line
-        self.room = room  # engine places a batch line may take now (0: none)
+        self.room = room  # engine places batch lines may hold in all now (0: none)
         self.metrics = metrics
         self.lease = lease
         self.poll = poll
@@ -54,6 +56,9 @@ class BatchRunner:
         self._purged_at = 0.0
         self._measured_at = 0.0
         self._wake = asyncio.Event()  # a line ended: its place is free
+        self.ahead = ahead  # lines claimed beyond the free places, ready to start
+        self._ready: deque[tuple[str, dict[str, Any], Line]] = deque()
+        self._done: list[tuple[Line, str, dict[str, Any]]] = []  # answers to write
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
         self._running: dict[asyncio.Task[None], str] = {}  # line task -> its batch id
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
@@ -84,12 +89,16 @@ class BatchRunner:
         for the leases to run out."""
         for task in list(self._running):
             task.cancel()
+        self._ready.clear()
+        with contextlib.suppress(Exception):  # what was answered is kept if the store can
+            await self._flush()
         await asyncio.to_thread(self.store.release, self.owner)
 
     async def step(self) -> bool:
-        """One pass over the active batches; True when a line was started."""
-        started = False
+        """One pass: results written, lines claimed ahead of the places they
+        will take, batches settled; True when a line was started."""
         now = time.time()
+        await self._flush()
         if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
             self._purged_at = now
             await asyncio.to_thread(self.store.purge, now - self.retention)
@@ -97,28 +106,62 @@ class BatchRunner:
             self._measured_at = now
             await asyncio.to_thread(self._measure)
         for tenant, batch in await asyncio.to_thread(self.store.active_batches):
-            if await self._settle(tenant, batch, now):
-                continue
-            if batch["status"] != "in_progress":
+            if batch["status"] != "in_progress" or now >= batch["expires_at"]:
+                await self._settle(tenant, batch, now)
                 continue
             if self._paused_until.get(tenant, 0) > now:
                 continue
-            free = self.room() - len(self._running)
-            if free <= 0:
+            want = self.room() + self.ahead - len(self._running) - len(self._ready)
+            if want <= 0:
                 break
             lines = await asyncio.to_thread(
-                self.store.claim, batch["id"], self.owner, free, self.lease
+                self.store.claim, batch["id"], self.owner, want, self.lease
             )
-            for line in lines:
-                task = asyncio.ensure_future(self._one(tenant, batch, line))
-                self._running[task] = batch["id"]
-                task.add_done_callback(self._ended)
-                started = True
+            self._ready.extend((tenant, batch, line) for line in lines)
+            if not lines and not self._holds(batch["id"]):
+                await self._settle(tenant, batch, now)
+        return self._feed()
+
+    def _feed(self) -> bool:
+        """Start ready lines while the engine has room for them; True if one started."""
+        free = self.room() - len(self._running)
+        started = False
+        while free > 0 and self._ready:
+            tenant, batch, line = self._ready.popleft()
+            task = asyncio.ensure_future(self._one(tenant, batch, line))
+            self._running[task] = batch["id"]
+            task.add_done_callback(self._ended)
+            free -= 1
+            started = True
         return started
+
+    def _holds(self, batch_id: str) -> bool:
+        """Lines of the batch running, ready or answered but not yet written."""
+        return (
+            batch_id in self._running.values()
+            or any(b["id"] == batch_id for _, b, _ in self._ready)
+            or any(line.batch_id == batch_id for line, _, _ in self._done)
+        )
+
+    def _drop_ready(self, batch_id: str) -> None:
+        self._ready = deque(x for x in self._ready if x[1]["id"] != batch_id)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._feed()  # its place to the next ready line at once, no store call between
         self._wake.set()
+
+    async def _flush(self) -> None:
+        """The answers since the last pass, written in one transaction; each
+        kept only if its line is still pending and leased to this runner."""
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        kept = await asyncio.to_thread(self.store.finish_many, self.owner, done)
+        if self.metrics is not None:
+            for (_, state, _), ok in zip(done, kept, strict=True):
+                if ok:
+                    self.metrics.lines[state].inc()
 
     def _measure(self) -> None:
         metrics = self.metrics
@@ -129,9 +172,7 @@ class BatchRunner:
         metrics.backlog_tokens.set(tokens)
 
     async def _finish(self, line: Line, state: str, result: dict[str, Any]) -> None:
-        kept = await asyncio.to_thread(self.store.finish, line, self.owner, state, result)
-        if kept and self.metrics is not None:
-            self.metrics.lines[state].inc()
+        self._done.append((line, state, result))  # written by the next pass
 
     async def _one(self, tenant: str, batch: dict[str, Any], line: Line) -> None:
         try:
@@ -139,6 +180,7 @@ class BatchRunner:
         except BudgetExceeded as exc:
             # At the budget's edge: give the line back, pause the tenant's batches.
             self._paused_until[tenant] = time.time() + exc.retry_after
+            self._drop_ready(batch["id"])
             await asyncio.to_thread(self.store.release, self.owner, batch["id"])
             return
         except GatewayError as exc:
@@ -175,6 +217,7 @@ class BatchRunner:
             for task, of in list(self._running.items()):  # its lines in flight end now
                 if of == batch["id"]:
                     task.cancel()
+            self._drop_ready(batch["id"])
             await asyncio.to_thread(self.store.cancel_pending, batch["id"])
         files = []
         for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):

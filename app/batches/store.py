@@ -190,13 +190,21 @@ class BatchStore:
     def finish(self, line: Line, owner: str, state: str, result: dict[str, Any]) -> bool:
         """The line's answer (state done or failed), kept only if the line is
         still pending and leased to `owner`: never answered twice."""
+        return self.finish_many(owner, [(line, state, result)])[0]
+
+    def finish_many(
+        self, owner: str, answers: Sequence[tuple[Line, str, dict[str, Any]]]
+    ) -> list[bool]:
+        """Several answers in one transaction; whether each was kept."""
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE lines SET state = ?, result = ?, lease_until = NULL "
-                "WHERE batch_id = ? AND idx = ? AND state = 'pending' AND owner = ?",
-                (state, json.dumps(result), line.batch_id, line.idx, owner),
-            )
-            return cur.rowcount == 1
+            return [
+                db.execute(
+                    "UPDATE lines SET state = ?, result = ?, lease_until = NULL "
+                    "WHERE batch_id = ? AND idx = ? AND state = 'pending' AND owner = ?",
+                    (state, json.dumps(result), line.batch_id, line.idx, owner),
+                ).rowcount == 1
+                for line, state, result in answers
+            ]
 
     def release(self, owner: str, batch_id: str | None = None) -> int:
         """Give back the pending lines `owner` holds (of one batch, or all):
