@@ -76,6 +76,7 @@ bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.tenants --out bench/results/tenants-$$(date +%F).json
 	$(PY) -m bench.tracing --out bench/results/tracing-$$(date +%F).json
+	$(PY) -m bench.batches --out bench/results/batches-$$(date +%F).json
 
 # The seed model card's tables against any running gateway.
 URL ?= http://127.0.0.1:8000

@@ -48,9 +48,9 @@ MAX_TOKENS = 16  # a label, a score: what bulk work on a small model answers
 def batch_file(path: Path, lines: int) -> Path:
     with path.open("w") as f:
         for i in range(lines):
+            ask = {"role": "user", "content": f"Label document {i}: the cat sat."}
             body = {"model": NAME, "max_tokens": MAX_TOKENS, "ignore_eos": True,
-                    "temperature": 0, "messages": [
-                        {"role": "user", "content": f"Label document {i}: the cat sat."}]}  # fmt: skip
+                    "temperature": 0, "messages": [ask]}  # fmt: skip
             line = {"custom_id": f"doc-{i}", "method": "POST", "url": "/v1/chat/completions"}
             f.write(json.dumps({**line, "body": body}) + "\n")
     return path
@@ -60,7 +60,8 @@ def run_batch(infile: Path, logs: Path, label: str) -> float:
     """vLLM's offline runner on the file; its batch seconds (startup left out)."""
     out, log = logs / f"{label}.out.jsonl", logs / f"{label}.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(infile),
-           "-o", str(out), "--chat-template", str(TEMPLATE), *as_cli_flags(engine_kwargs(MODEL))]  # fmt: skip
+           "-o", str(out), "--chat-template", str(TEMPLATE),
+           *as_cli_flags(engine_kwargs(MODEL))]  # fmt: skip
     with log.open("wb") as f:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
     answered = sum(1 for x in out.open() if json.loads(x)["response"]["status_code"] == 200)

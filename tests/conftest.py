@@ -12,7 +12,6 @@ import httpx
 import openai
 import pytest
 
-from tests.support.postgres import Postgres, start_postgres
 from tests.support.gateway import (
     API_KEY,
     MODEL_DIR,
@@ -20,6 +19,7 @@ from tests.support.gateway import (
     start_gateway,
     stop_gateway,
 )
+from tests.support.postgres import Postgres, start_postgres
 
 # The state of every app a test builds in this process (engine records, the
 # batch store) goes to a directory of the run's own, never the user's.

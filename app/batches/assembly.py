@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from app.batches.backends import open_store
 from app.batches.lines import LineRunner
 from app.batches.runner import BatchRunner
 from app.batches.service import Batches
-from app.batches.backends import open_store
 from app.batches.store import BatchStore
 from app.completion.service import CompletionService
 from app.config import Settings

@@ -197,19 +197,23 @@ class BatchStore:
     ) -> list[bool]:
         """Several answers in one transaction; whether each was kept."""
         with self._tx() as db:
-            return [
-                db.execute(
+            kept = []
+            for line, state, result in answers:
+                cur = db.execute(
                     "UPDATE lines SET state = ?, result = ?, lease_until = NULL "
                     "WHERE batch_id = ? AND idx = ? AND state = 'pending' AND owner = ?",
                     (state, json.dumps(result), line.batch_id, line.idx, owner),
-                ).rowcount == 1
-                for line, state, result in answers
-            ]
+                )
+                kept.append(cur.rowcount == 1)
+            return kept
 
     def release(self, owner: str, batch_id: str | None = None) -> int:
         """Give back the pending lines `owner` holds (of one batch, or all):
         a clean stop or a pause; how many."""
-        sql = "UPDATE lines SET owner = NULL, lease_until = NULL WHERE owner = ? AND state = 'pending'"
+        sql = (
+            "UPDATE lines SET owner = NULL, lease_until = NULL "
+            "WHERE owner = ? AND state = 'pending'"
+        )
         args: tuple[Any, ...] = (owner,)
         if batch_id is not None:
             sql += " AND batch_id = ?"

@@ -22,9 +22,7 @@ def lines_of(bodies: list[dict[str, Any]], url: str = "/v1/completions") -> list
     ]
 
 
-def submit(
-    client: openai.OpenAI, lines: list[dict[str, Any]], window: str = "24h"
-) -> Batch:
+def submit(client: openai.OpenAI, lines: list[dict[str, Any]], window: str = "24h") -> Batch:
     """The lines uploaded as a file and a batch created on it."""
     text = "".join(json.dumps(x) + "\n" for x in lines).encode()
     uploaded = client.files.create(file=("in.jsonl", io.BytesIO(text)), purpose="batch")

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app.batches.backends import SqliteStore
 from app.batches.records import Line
 from app.batches.runner import BatchRunner
-from app.batches.backends import SqliteStore
 from app.errors import BudgetExceeded, InvalidRequest
 from app.observability.batch_metrics import BatchMetrics
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.batches.service import Batches
 from app.batches.backends import PostgresStore, SqliteStore
+from app.batches.service import Batches
 from app.errors import InvalidRequest, RateLimited, ResourceNotFound, Unavailable
 from tests.support.postgres import start_postgres
 

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -150,7 +149,9 @@ def test_two_runners_claiming_at_once_never_share_a_line(where: str, store: Batc
             taken[name] += [ln.idx for ln in lines]
             time.sleep(0.001)  # the other runner gets its turn
 
-    threads = [threading.Thread(target=take, args=(s, n)) for s, n in ((store, "gw1"), (other, "gw2"))]
+    threads = [
+        threading.Thread(target=take, args=(s, n)) for s, n in ((store, "gw1"), (other, "gw2"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
