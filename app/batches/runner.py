@@ -167,9 +167,7 @@ class BatchRunner:
         metrics = self.metrics
         assert metrics is not None
         metrics.jobs_now(self.store.job_counts())
-        lines, tokens = self.store.backlog()
-        metrics.backlog_lines.set(lines)
-        metrics.backlog_tokens.set(tokens)
+        metrics.backlog_now(*self.store.backlog())
 
     async def _finish(self, line: Line, state: str, result: dict[str, Any]) -> None:
         self._done.append((line, state, result))  # written by the next pass

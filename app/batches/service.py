@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 from app.batches.input import read_input
@@ -30,19 +31,13 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class Batches:
-    def __init__(
-        self,
-        store: BatchStore,
-        *,
-        max_file_bytes: int,
-        max_lines: int,
-        max_active: int,
-    ):
-        self.store = store
-        self.max_file_bytes = max_file_bytes
-        self.max_lines = max_lines
-        self.max_active = max_active  # batches per tenant not yet finished
+    store: BatchStore
+    _: KW_ONLY
+    max_file_bytes: int
+    max_lines: int
+    max_active: int  # batches per tenant not yet finished
 
     async def _db(self, call: Callable[..., T], *args: Any) -> T:
         """A store call on a thread; a store that fails (a full disk, a lost

@@ -31,18 +31,21 @@ class BatchMetrics:
             registry=registry,
         )
         self.lines = {o: lines.labels(model, o) for o in ("done", "failed")}
-        self.backlog_lines = LoopGauge(
-            "gateway_batch_backlog_lines",
-            "Batch lines not yet answered, in batches still running.",
-            ["model"],
-            registry=registry,
-        ).labels(model)
-        self.backlog_tokens = LoopGauge(
-            "gateway_batch_backlog_tokens",
-            "Output tokens those lines may generate (their max_tokens): a scaling signal.",
-            ["model"],
-            registry=registry,
-        ).labels(model)
+        backlog = {
+            "lines": "Batch lines not yet answered, in batches still running.",
+            "tokens": "Output tokens those lines may generate (their max_tokens): a scaling "
+            "signal.",
+        }
+        self.backlog = [
+            LoopGauge(f"gateway_batch_backlog_{unit}", text, ["model"], registry=registry).labels(
+                model
+            )
+            for unit, text in backlog.items()
+        ]  # lines, tokens
+
+    def backlog_now(self, lines: int, tokens: int) -> None:
+        for gauge, value in zip(self.backlog, (lines, tokens), strict=True):
+            gauge.set(value)
 
     def jobs_now(self, counts: dict[str, int]) -> None:
         for status, gauge in self.jobs.items():

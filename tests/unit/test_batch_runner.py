@@ -98,16 +98,12 @@ async def test_every_line_once_in_order_with_failures_apart(store: SqliteStore) 
 async def test_no_room_no_line_and_a_budget_edge_pauses(store: SqliteStore) -> None:
     job(store, 2)
     room = 0
-    refused = 0
+    refusals = [BudgetExceeded("spent", retry_after=1)]  # the first line meets the edge
 
-    async def run_line(
-        tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        nonlocal refused
-        if refused < 1:
-            refused += 1
-            raise BudgetExceeded("spent", retry_after=1)
-        return {"ok": body["i"]}
+    async def run_line(*line: Any) -> dict[str, Any]:
+        if refusals:
+            raise refusals.pop()
+        return {"ok": line[3]["i"]}
 
     runner = BatchRunner(store, run_line, room=lambda: room)
     assert not await runner.step()  # the engine is busy: nothing starts
