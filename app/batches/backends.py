@@ -11,8 +11,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.batches.records import SCHEMA
-from app.batches.store import BatchStore, Cursor, StoreError
+from app.batches.records import SCHEMA, Cursor, StoreError
+from app.batches.store import BatchStore
 
 if TYPE_CHECKING:
     import psycopg

@@ -1,11 +1,13 @@
 """What the batch store holds, as plain data: its tables (one schema for
 SQLite and PostgreSQL, the blob type apart), a line to run, a batch's
-counts, and the statuses of a batch still running."""
+counts, the statuses of a batch still running; and what a backend gives
+the store (a transaction's statements) and raises (StoreError)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -62,3 +64,22 @@ def finished_at(batch: dict[str, Any]) -> int | None:
         if batch.get(f"{ending}_at"):
             return int(batch[f"{ending}_at"])
     return None
+
+
+class StoreError(Exception):
+    """The store cannot be read or written now (a full disk, a lost database)."""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class Tx(Protocol):
+    """One transaction's statements (`?` placeholders)."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...

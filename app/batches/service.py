@@ -17,8 +17,8 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 from app.batches.input import read_input
-from app.batches.records import Line
-from app.batches.store import BatchStore, StoreError
+from app.batches.records import Line, StoreError
+from app.batches.store import BatchStore
 from app.errors import InvalidRequest, RateLimited, Unavailable
 from app.errors import ResourceNotFound as NotFound
 

@@ -19,30 +19,11 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any
 
-from app.batches.records import ACTIVE, Counts, Line, finished_at
+from app.batches.records import ACTIVE, Counts, Line, Tx, finished_at
 
 FILE_META = "SELECT id, purpose, filename, bytes, created_at FROM files "
-
-
-class StoreError(Exception):
-    """The store cannot be read or written now (a full disk, a lost database)."""
-
-
-class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchall(self) -> Sequence[Any]: ...
-
-
-class Tx(Protocol):
-    """One transaction's statements (`?` placeholders)."""
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
 
 
 class BatchStore:
