@@ -138,10 +138,13 @@ def with_batch(client: openai.OpenAI, url: str, infile: Path, seconds: float, ra
     return r
 
 
-def one_round(infile: Path, logs: Path, i: int, seconds: float, rate: float) -> dict[str, Any]:
+def one_round(
+    infile: Path, logs: Path, i: int, seconds: float, rate: float, share: str
+) -> dict[str, Any]:
     rb = run_batch(infile, logs, f"run_batch-{i}")
     lines = sum(1 for _ in infile.open())
-    env = {"GATEWAY_CHAT_TEMPLATE": "mobilellama-v1", "GATEWAY_DATA_DIR": str(logs / f"state-{i}")}
+    env = {"GATEWAY_CHAT_TEMPLATE": "mobilellama-v1", "GATEWAY_DATA_DIR": str(logs / f"state-{i}"),
+           "GATEWAY_BATCH_SHARE": share}  # fmt: skip
     gw = gateway(MODEL, logs / f"gateway-{i}.log", NAME, env=env)
     gw.wait_ready()
     try:
@@ -168,14 +171,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--rate", type=float, default=2.0, help="online requests per second")
+    p.add_argument("--share", default="0.75", help="GATEWAY_BATCH_SHARE")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-batches-"))
     infile = batch_file(logs / "in.jsonl", a.lines)
-    rounds = [one_round(infile, logs, i, a.seconds, a.rate) for i in range(a.rounds)]
+    rounds = [one_round(infile, logs, i, a.seconds, a.rate, a.share) for i in range(a.rounds)]
     keys = ("throughput_ratio", "ttft_ratio", "engine_busy", "run_batch_tok_s",
             "gateway_batch_tok_s")  # fmt: skip
-    report = {"lines": a.lines, "max_tokens": MAX_TOKENS, "rate": a.rate, "rounds": rounds,
+    report = {"lines": a.lines, "max_tokens": MAX_TOKENS, "rate": a.rate, "share": a.share,
+              "rounds": rounds,
               "median": {k: statistics.median(r[k] for r in rounds) for k in keys}}  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
