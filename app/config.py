@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from app.batch_settings import BatchSettings
 
 Device = Literal["auto", "cpu", "npu"]
 Truncation = Literal["left", "error"]
@@ -25,7 +27,7 @@ def _state_home() -> Path:  # XDG's, else ~/.local/state
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
 
 
-class Settings(BaseSettings):
+class Settings(BatchSettings):
     """Every field is `GATEWAY_<NAME>` in the environment and `--<name>` on the CLI."""
 
     model_config = SettingsConfigDict(

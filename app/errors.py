@@ -80,6 +80,16 @@ class ModelNotFound(GatewayError):
     reason = "model_not_found"
 
 
+class ResourceNotFound(GatewayError):
+    """A file or batch that does not exist, or is another tenant's (the same
+    answer: ids are not probed)."""
+
+    status = HTTPStatus.NOT_FOUND
+    type = "invalid_request_error"
+    code = "not_found"
+    reason = "not_found"
+
+
 class RouteNotFound(GatewayError):
     status = HTTPStatus.NOT_FOUND
     type = "invalid_request_error"

@@ -21,8 +21,9 @@ from app.api.middleware import BodyLimit, InternalErrors, RequestContext
 from app.api.ratelimit import RateLimiter
 from app.api.rejection import Rejections, install_error_handlers
 from app.api.route_table import Endpoints
-from app.api.routes import completions, health, info, models, tokenize
+from app.api.routes import batches, completions, health, info, models, tokenize
 from app.api.routes import metrics as metrics_routes
+from app.batches.assembly import BatchWing, build_batches
 from app.completion.assembly import build_service
 from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.completion.service import CompletionService
@@ -55,7 +56,7 @@ def create_app(
     settings = settings or Settings()
     registry = REGISTRY if registry is None else registry
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=_lifespan)
-    for module in (completions, models, tokenize, health, info, metrics_routes):
+    for module in (completions, batches, models, tokenize, health, info, metrics_routes):
         app.include_router(module.router)
     # From the top down: what HTTP needs, the parts, the pipeline, the supervisor.
     endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
@@ -77,7 +78,14 @@ def create_app(
         # the event loop. The import stays out of unit tests with a fake engine.
         return await asyncio.to_thread(_build_vllm, settings, on_step)
 
+    wing = None
+    if settings.batches:  # it runs lines through the service the supervisor will serve
+        wing = build_batches(
+            settings, tenancy.book, tenancy.ledger, lambda: supervisor.serving(), registry
+        )
     supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
+    app.state.batch_wing = wing
+    app.state.batches = wing.api if wing is not None else None
     app.state.engine_given = engine is not None
     app.state.tracing = tracing
     app.state.supervisor = supervisor
@@ -99,7 +107,11 @@ def create_app(
     # API keys, CORS (a preflight carries no key), then request ids and
     # counts around everything.
     app.add_middleware(InternalErrors)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections)
+    # An upload may be as large as a batch file, with room for its multipart framing.
+    uploads = {"/v1/files": settings.max_batch_file_bytes + 65_536} if wing is not None else {}
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, rejections=rejections, routes=uploads
+    )
     if tenancy.book.configured:
         app.add_middleware(ApiKeyAuth, book=tenancy.book, rejections=rejections, limiter=limiter)
     if settings.cors_origins:
@@ -155,10 +167,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await supervisor.startup()
     else:
         supervisor.start()
+    wing: BatchWing | None = app.state.batch_wing
+    runner = asyncio.ensure_future(wing.runner.run()) if wing is not None else None
     try:
         yield
     finally:
+        if runner is not None and wing is not None:
+            runner.cancel()
+            with contextlib.suppress(BaseException):
+                await runner
+            await wing.runner.stop()
         await supervisor.shutdown()
+        if wing is not None:
+            wing.store.close()
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)
         if tenancy.ledger is not None:

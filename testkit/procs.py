@@ -46,6 +46,8 @@ class Server:
         log: Path,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        user: str | None = None,
+        process_group: int | None = None,
     ):
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
@@ -56,6 +58,8 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env={**os.environ, **env} if env else None,
+            user=user,  # a server that refuses root (postgres) runs as another user
+            process_group=process_group,
         )
 
     def logs(self) -> str:

@@ -3,6 +3,8 @@ per test session, started through the CLI exactly as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,11 @@ from tests.support.gateway import (
     start_gateway,
     stop_gateway,
 )
+from tests.support.postgres import Postgres, start_postgres
+
+# The state of every app a test builds in this process (engine records, the
+# batch store) goes to a directory of the run's own, never the user's.
+os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-state-")
 
 # A skipped test fails the run (tests/support/no_skips.py); pytester runs
 # pytest inside a test (that plugin's own test).
@@ -41,6 +48,14 @@ def model_dir() -> Path:
     if not (MODEL_DIR / "config.json").exists():
         pytest.fail("fixture model missing: run `make setup`")
     return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One real PostgreSQL server for the session; `new_database()` per test."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres") / "postgres.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -102,20 +102,29 @@ class RequestContext:
 
 class BodyLimit:
     """Refuse request bodies over the limit with an OpenAI-style 413, whether
-    the client declares the size (Content-Length) or sends it chunked."""
+    the client declares the size (Content-Length) or sends it chunked. A
+    route may have a limit of its own (`routes`: label -> bytes; uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, rejections: Rejections):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        rejections: Rejections,
+        routes: dict[str, int] | None = None,
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.rejections = rejections
+        self.routes = routes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get(exchange(scope).endpoint.label, self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.rejections.send(self._error(), scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self.rejections.send(_too_large(limit), scope, receive, send)
             return
         if declared is not None:
             # The HTTP parser holds a body to its declared length.
@@ -129,8 +138,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 return  # the client went away mid-body
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self.rejections.send(self._error(), scope, receive, send)
+            if size > limit:
+                await self.rejections.send(_too_large(limit), scope, receive, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -146,8 +155,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes.")
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body larger than {limit} bytes.")
 
 
 class InternalErrors:

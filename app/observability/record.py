@@ -64,6 +64,7 @@ class RequestRecord:
     gone: bool = False  # its client left before the run ended
     stream_error: GatewayError | None = None  # the error event a stream ended with
     rejection: GatewayError | None = None  # the error it was answered with, if any
+    batch_id: str | None = None  # the batch it is a line of (app.batches)
     # Budgets (app.tenancy.ledger).
     charge: object = None  # app.tenancy.budgets.Charge: the ledger's, narrowed where read
     concurrent: bool = False  # counted in its tenant's concurrency

@@ -273,6 +273,7 @@ class Ledger:
                     "queue_ms": _ms(record.queue_s),
                     "ttft_ms": _ms(record.ttft_s),
                     "duration_ms": _ms(time.monotonic() - record.started),
+                    "batch_id": record.batch_id,
                 }
             )
 
@@ -286,7 +287,7 @@ class Ledger:
                  "model": None, "endpoint": None, "status": status, "outcome": outcome,
                  "finish_reasons": [], "prompt_tokens": 0, "completion_tokens": 0,
                  "cached_tokens": 0, "priority": None, "queue_ms": None, "ttft_ms": None,
-                 "duration_ms": None}
+                 "duration_ms": None, "batch_id": None}
             )  # fmt: skip
 
     async def close(self) -> None:

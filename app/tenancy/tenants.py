@@ -236,6 +236,13 @@ class TenantBook:
         self._pairs = pairs
         self.tenants = [t for t, _ in named]
 
+    def by_owner(self, owner: str) -> Tenant | None:
+        """The tenant whose identity is `owner` (hex; "" without keys), if it is still here."""
+        if not owner:
+            return None
+        identity = bytes.fromhex(owner)
+        return next((t for _, t in self._pairs if t.identity == identity), None)
+
     def lookup(self, token: bytes) -> Tenant | None:
         """The tenant whose key `token` is, or None. Compares against every
         key, always, so timing says nothing about which matched."""

@@ -269,3 +269,37 @@ def test_the_grace_period_covers_the_drain_delay() -> None:
     assert env["GATEWAY_DRAIN_DELAY"] == "40"
     assert grace == 5 + 40 + 15
     assert int(env["GATEWAY_TERMINATION_GRACE"]) == grace - 5
+
+
+def test_a_fleet_shares_batches_through_postgresql_or_offers_none() -> None:
+    """More than one replica: batches live in PostgreSQL (the Secret's URL),
+    or the Batch API is off with a note saying why; a SQLite file is one pod's."""
+    config = kind(render("replicaCount=3"), "ConfigMap")["data"]
+    assert config["GATEWAY_BATCHES"] == "false" and "GATEWAY_BATCH_SHARE" not in config
+    notes = subprocess.run(
+        [str(HELM), "install", "rel", str(CHART), "--dry-run", "--set", "replicaCount=3"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "The Batch API is OFF" in notes and "batches.postgres.existingSecret" in notes
+    docs = render("replicaCount=3", "batches.postgres.existingSecret=batch-db")
+    assert kind(docs, "ConfigMap")["data"]["GATEWAY_BATCHES"] == "true"
+    env = {e["name"]: e for e in container(docs)["env"]}
+    ref = env["GATEWAY_BATCH_STORE"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "batch-db", "key": "url"}
+    one = kind(render(), "ConfigMap")["data"]  # one replica: its own SQLite file
+    assert one["GATEWAY_BATCHES"] == "true"
+    assert "GATEWAY_BATCH_STORE" not in {e["name"] for e in container(render())["env"]}
+
+
+def test_keda_scales_a_fleet_on_its_shared_batch_backlog() -> None:
+    docs = render(
+        "keda.enabled=true", "keda.batchBacklogTokens=200000",
+        "batches.postgres.existingSecret=batch-db",
+    )  # fmt: skip
+    queue, backlog = kind(docs, "ScaledObject")["spec"]["triggers"]
+    assert "gateway_requests_waiting" in queue["metadata"]["query"]
+    # every replica reports the one store's backlog: max over the pods, not sum
+    assert backlog["metadata"]["query"].strip().startswith("max(gateway_batch_backlog_tokens{")
+    assert backlog["metadata"]["threshold"] == "200000"
+    assert len(kind(render("keda.enabled=true"), "ScaledObject")["spec"]["triggers"]) == 1
+    assert "batches.postgres" in refused("keda.enabled=true", "keda.batchBacklogTokens=1000")

@@ -174,3 +174,29 @@ def test_schema_rejects_bad_values() -> None:
         )
         assert r.returncode != 0, bad
         assert "schema" in r.stderr, r.stderr
+
+
+def test_the_batch_store_on_a_claim_for_one_replica_only() -> None:
+    docs = render("batches.persistence.enabled=true", "batches.persistence.size=5Gi")
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "rel-ascend-llm-gateway-state"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    assert state["persistentVolumeClaim"]["claimName"] == "rel-ascend-llm-gateway-state"
+    mounts = {m["name"]: m["mountPath"] for m in container(docs)["volumeMounts"]}
+    assert mounts["state"] == "/var/lib/gateway"
+    config = kind(docs, "ConfigMap")["data"]
+    assert config["GATEWAY_DATA_DIR"] == "/var/lib/gateway" and config["GATEWAY_BATCHES"] == "true"
+    # by default an emptyDir, and no claim
+    docs = render()
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "state")["emptyDir"] == {}
+    # a SQLite file is one gateway's: two replicas on it are refused at render
+    r = subprocess.run(
+        [str(HELM), "template", "rel", str(CHART), "--set", "batches.persistence.enabled=true",
+         "--set", "replicaCount=2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode != 0 and "one replica only" in r.stderr

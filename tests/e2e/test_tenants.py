@@ -373,7 +373,7 @@ def test_usage_log_one_line_per_ending_and_never_a_secret(tenanted: Tenanted) ->
     assert keys == {
         "ts", "request_id", "id", "tenant", "model", "endpoint", "status", "outcome",
         "finish_reasons", "prompt_tokens", "completion_tokens", "cached_tokens", "priority",
-        "queue_ms", "ttft_ms", "duration_ms",
+        "queue_ms", "ttft_ms", "duration_ms", "batch_id",
     }  # fmt: skip
 
 

@@ -33,7 +33,10 @@ def spawn_gateway(
     """Start the CLI as Kubernetes would; do not wait for anything."""
     port = free_port()
     cmd = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), *args]
-    return Gateway("gateway", cmd, port, log, cwd=ROOT, env=env or {})
+    # Its state (engine records, batches) beside its log, never the user's
+    # own; a gateway started again with the same log finds it again.
+    env = {"GATEWAY_DATA_DIR": str(log.with_suffix(".state")), **(env or {})}
+    return Gateway("gateway", cmd, port, log, cwd=ROOT, env=env)
 
 
 def wait_ready(gw: Gateway, timeout: float = STARTUP_TIMEOUT) -> None:

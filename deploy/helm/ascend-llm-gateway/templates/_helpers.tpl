@@ -94,3 +94,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "inferencePool.enabled needs inferencePool.endpointPicker.name: the Service of the endpoint picker you installed" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Where batches live: "postgres" (a Secret's URL: every replica shares them),
+"sqlite" (a file in the pod's state volume: one replica), or "off" (batches
+disabled, or more than one replica without PostgreSQL: a job made on one pod
+would be a 404 on the next, so the API is not offered; NOTES.txt says so).
+*/}}
+{{- define "alg.batchStore" -}}
+{{- $b := .Values.batches -}}
+{{- if not $b.enabled -}}off
+{{- else if $b.postgres.existingSecret -}}postgres
+{{- else if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.keda.enabled -}}off
+{{- else -}}sqlite
+{{- end -}}
+{{- end }}

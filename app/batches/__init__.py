@@ -1,0 +1,1 @@
+"""Batches: the OpenAI Batch API run on idle engine time (work in progress)."""

@@ -1,0 +1,58 @@
+"""The Batch API put together from settings: the store (SQLite under
+GATEWAY_DATA_DIR unless GATEWAY_BATCH_STORE names a file or a PostgreSQL URL), the operations
+the routes call, and the runner the lifespan starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from app.batches.backends import open_store
+from app.batches.lines import LineRunner
+from app.batches.runner import BatchRunner
+from app.batches.service import Batches
+from app.batches.store import BatchStore
+from app.completion.service import CompletionService
+from app.config import Settings
+from app.observability.batch_metrics import BatchMetrics
+from app.tenancy.ledger import Ledger
+from app.tenancy.tenants import TenantBook
+
+
+@dataclass
+class BatchWing:
+    api: Batches
+    runner: BatchRunner
+    store: BatchStore
+
+
+def build_batches(
+    settings: Settings,
+    book: TenantBook,
+    ledger: Ledger | None,
+    serving: Callable[[], CompletionService | None],
+    registry: CollectorRegistry,
+) -> BatchWing:
+    store = open_store(settings.batch_store, settings.data_dir)
+    api = Batches(
+        store,
+        max_file_bytes=settings.max_batch_file_bytes,
+        max_lines=settings.max_batch_lines,
+        max_active=settings.max_batches_in_progress,
+    )
+    lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
+    metrics = BatchMetrics(registry, settings.model_name)
+    return BatchWing(
+        api,
+        BatchRunner(
+            store,
+            lines,
+            lines.room,
+            metrics,
+            lease=settings.batch_lease,
+            retention=settings.batch_retention,
+        ),
+        store,
+    )

@@ -1,0 +1,296 @@
+"""Where batches live, never only in memory: files, jobs and every line's
+state. The operations are written once, in SQL that SQLite and PostgreSQL
+both read; app.batches.backends opens one or the other.
+
+Lines are claimed with leases: a runner takes pending lines for `lease`
+seconds under its own name and finishes each one only while the line is
+still pending and its own, so a line is answered exactly once even when a
+runner dies mid-line (its leases run out and another runner, or the same
+gateway started again, takes the line again). On PostgreSQL the claim
+skips rows another replica is claiming (`FOR UPDATE SKIP LOCKED`).
+
+Blocking calls: the async layer runs them on a thread. A store that fails
+raises StoreError (the API answers 503).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from app.batches.records import ACTIVE, Counts, Line, Tx, finished_at
+
+FILE_META = "SELECT id, purpose, filename, bytes, created_at FROM files "
+
+
+class BatchStore:
+    """The operations; a backend gives `_tx` (one transaction, committed
+    when the block ends, rolled back when it raises) and `claim_lock`."""
+
+    claim_lock = ""  # what a claim's SELECT adds to lock the rows it takes
+    single_writer = False  # one gateway per store: any lease at start is a dead one's
+
+    def _tx(self) -> AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._tx() as db:
+            return list(db.execute(sql, args).fetchall())
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
+
+    # -- files ---------------------------------------------------------------
+
+    def put_file(self, meta: dict[str, Any], tenant: str, content: bytes) -> None:
+        with self._tx() as db:
+            _insert_file(db, meta, tenant, content)
+
+    def file(self, file_id: str, tenant: str) -> dict[str, Any] | None:
+        row = self._one(FILE_META + "WHERE id = ? AND tenant = ?", (file_id, tenant))
+        return _file_meta(row) if row else None
+
+    def files(self, tenant: str) -> list[dict[str, Any]]:
+        rows = self._all(
+            FILE_META + "WHERE tenant = ? ORDER BY created_at DESC, id DESC", (tenant,)
+        )
+        return [_file_meta(r) for r in rows]
+
+    def content(self, file_id: str, tenant: str) -> bytes | None:
+        row = self._one("SELECT content FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
+        return bytes(row[0]) if row else None
+
+    def delete_file(self, file_id: str, tenant: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
+            return cur.rowcount == 1
+
+    # -- batches ---------------------------------------------------------------
+
+    def create_batch(self, batch: dict[str, Any], tenant: str, lines: list[Line]) -> None:
+        """The job and all its lines, in one transaction: accepted whole or not at all."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO batches (id, tenant, body, status, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (batch["id"], tenant, json.dumps(batch), batch["status"], batch["created_at"],
+                 batch["expires_at"]),
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO lines (batch_id, idx, custom_id, body, max_tokens) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(ln.batch_id, ln.idx, ln.custom_id, json.dumps(ln.body), ln.max_tokens)
+                 for ln in lines],
+            )  # fmt: skip
+
+    def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        if tenant is None:
+            row = self._one("SELECT body FROM batches WHERE id = ?", (batch_id,))
+        else:
+            row = self._one(
+                "SELECT body FROM batches WHERE id = ? AND tenant = ?", (batch_id, tenant)
+            )
+        return json.loads(row[0]) if row else None
+
+    def batches(self, tenant: str, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first; `after` is the id of the last one the client has."""
+        sql = "SELECT body FROM batches WHERE tenant = ?"
+        args: list[Any] = [tenant]
+        if after is not None:
+            sql += " AND (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)"
+            args.append(after)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        return [json.loads(r[0]) for r in self._all(sql, args)]
+
+    def update_batch(
+        self,
+        batch: dict[str, Any],
+        expect: str | None = None,
+        files: Sequence[tuple[dict[str, Any], str, bytes]] = (),
+    ) -> bool:
+        """Write the job back; with `expect`, only if its status is still
+        that. The `files` (its output and error files: meta, tenant, content)
+        are kept with it, in the same transaction, or not at all."""
+        with self._tx() as db:
+            sql = "UPDATE batches SET body = ?, status = ?, finished_at = ? WHERE id = ?"
+            args: tuple[Any, ...] = (
+                json.dumps(batch), batch["status"], finished_at(batch), batch["id"]
+            )  # fmt: skip
+            if expect is not None:
+                sql += " AND status = ?"
+                args = (*args, expect)
+            if db.execute(sql, args).rowcount != 1:
+                return False
+            for meta, tenant, content in files:
+                _insert_file(db, meta, tenant, content)
+            return True
+
+    def active_batches(self) -> list[tuple[str, dict[str, Any]]]:
+        """(tenant, job) of every unfinished batch, oldest first."""
+        rows = self._all(
+            f"SELECT tenant, body FROM batches WHERE status IN ({_marks(ACTIVE)}) "
+            "ORDER BY created_at, id",
+            ACTIVE,
+        )
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def in_progress(self, tenant: str) -> int:
+        row = self._one(
+            f"SELECT count(*) FROM batches WHERE tenant = ? AND status IN ({_marks(ACTIVE)})",
+            (tenant, *ACTIVE),
+        )
+        return int(row[0])
+
+    # -- lines -------------------------------------------------------------------
+
+    def claim(self, batch_id: str, owner: str, n: int, lease: float) -> list[Line]:
+        """Up to `n` pending lines of the batch nobody holds, in order, leased to `owner`."""
+        now = time.time()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT idx, custom_id, body FROM lines WHERE batch_id = ? AND state = 'pending' "
+                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY idx LIMIT ?"
+                + self.claim_lock,
+                (batch_id, now, n),
+            ).fetchall()
+            if rows:
+                db.executemany(
+                    "UPDATE lines SET owner = ?, lease_until = ? WHERE batch_id = ? AND idx = ?",
+                    [(owner, now + lease, batch_id, r[0]) for r in rows],
+                )
+        return [Line(batch_id, r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def finish(self, line: Line, owner: str, state: str, result: dict[str, Any]) -> bool:
+        """The line's answer (state done or failed), kept only if the line is
+        still pending and leased to `owner`: never answered twice."""
+        return self.finish_many(owner, [(line, state, result)])[0]
+
+    def finish_many(
+        self, owner: str, answers: Sequence[tuple[Line, str, dict[str, Any]]]
+    ) -> list[bool]:
+        """Several answers in one transaction; whether each was kept."""
+        with self._tx() as db:
+            kept = []
+            for line, state, result in answers:
+                cur = db.execute(
+                    "UPDATE lines SET state = ?, result = ?, lease_until = NULL "
+                    "WHERE batch_id = ? AND idx = ? AND state = 'pending' AND owner = ?",
+                    (state, json.dumps(result), line.batch_id, line.idx, owner),
+                )
+                kept.append(cur.rowcount == 1)
+            return kept
+
+    def release(self, owner: str, batch_id: str | None = None) -> int:
+        """Give back the pending lines `owner` holds (of one batch, or all):
+        a clean stop or a pause; how many."""
+        sql = (
+            "UPDATE lines SET owner = NULL, lease_until = NULL "
+            "WHERE owner = ? AND state = 'pending'"
+        )
+        args: tuple[Any, ...] = (owner,)
+        if batch_id is not None:
+            sql += " AND batch_id = ?"
+            args = (owner, batch_id)
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount
+
+    def release_all(self) -> int:
+        """Every lease given back; only where one gateway owns the store (at
+        its start, any lease is a dead process's: its lines are taken again
+        at once, not when the lease runs out). A fleet's leases run out."""
+        if not self.single_writer:
+            return 0
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE lines SET owner = NULL, lease_until = NULL "
+                "WHERE state = 'pending' AND owner IS NOT NULL"
+            )
+            return cur.rowcount
+
+    def purge(self, before: float) -> int:
+        """Finished batches that ended before `before` (epoch seconds) gone,
+        with their lines and their output and error files; how many went."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, body FROM batches WHERE finished_at < ?", (before,)
+            ).fetchall()
+            for batch_id, body in rows:
+                job = json.loads(body)
+                for field in ("output_file_id", "error_file_id"):
+                    if job.get(field):
+                        db.execute("DELETE FROM files WHERE id = ?", (job[field],))
+                db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
+                db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+        return len(rows)
+
+    def job_counts(self) -> dict[str, int]:
+        """Batches by status."""
+        rows = self._all("SELECT status, count(*) FROM batches GROUP BY status")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def backlog(self) -> tuple[int, int]:
+        """(lines, output tokens) still to run in running batches."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(l.max_tokens), 0) FROM lines l "
+            "JOIN batches b ON b.id = l.batch_id "
+            "WHERE l.state = 'pending' AND b.status = 'in_progress'"
+        )
+        return int(row[0]), int(row[1])
+
+    def counts(self, batch_id: str) -> Counts:
+        row = self._one(
+            "SELECT count(*), coalesce(sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) "
+            "FROM lines WHERE batch_id = ?",
+            (batch_id,),
+        )
+        return Counts(int(row[0]), int(row[1]), int(row[2]))
+
+    def cancel_pending(self, batch_id: str) -> None:
+        """Lines not yet answered will not be (cancelled or expired batches)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE lines SET state = 'skipped' WHERE batch_id = ? AND state = 'pending'",
+                (batch_id,),
+            )
+
+    def results(self, batch_id: str, state: str) -> list[dict[str, Any]]:
+        """The answers in the input's order (for the output or error file)."""
+        rows = self._all(
+            "SELECT result FROM lines WHERE batch_id = ? AND state = ? ORDER BY idx",
+            (batch_id, state),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _insert_file(db: Tx, meta: dict[str, Any], tenant: str, content: bytes) -> None:
+    db.execute(
+        "INSERT INTO files (id, tenant, purpose, filename, bytes, created_at, content) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (meta["id"], tenant, meta["purpose"], meta["filename"], meta["bytes"],
+         meta["created_at"], content),
+    )  # fmt: skip
+
+
+def _file_meta(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "object": "file",
+        "purpose": row[1],
+        "filename": row[2],
+        "bytes": row[3],
+        "created_at": row[4],
+        "status": "processed",
+    }

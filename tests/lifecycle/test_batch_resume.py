@@ -1,0 +1,100 @@
+"""Batches survive a gateway killed with SIGKILL: started again on the same
+state, it takes up the lines it had not answered, and the output file holds
+every custom_id exactly once. With a PostgreSQL store, two gateways share
+a batch: one killed mid-batch, the other finishes its lines once their
+leases run out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support import gateway as support
+from tests.support.batches import answers, lines_of, submit, wait_for
+from tests.support.gateway import MODEL_NAME, Gateway
+from tests.support.metrics import scrape, value
+from tests.support.postgres import Postgres
+from tests.support.wait import until
+
+pytestmark = pytest.mark.engine
+
+LINES = 24
+# Two engine places: a batch may fill one (share 0.75), so each gateway runs
+# its lines one after another and the kill lands mid-batch.
+ENV = {"GATEWAY_MAX_NUM_SEQS": "2"}
+BODIES = [
+    {"model": MODEL_NAME, "prompt": f"Line {i}", "max_tokens": 64, "ignore_eos": True,
+     "temperature": 0}
+    for i in range(LINES)
+]  # fmt: skip
+
+
+def _client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
+
+
+def _kill_mid_batch(gw: Gateway, client: openai.OpenAI, batch_id: str) -> None:
+    """SIGKILL (no drain, no lease given back) once a line is answered; the
+    kill came before the last."""
+
+    def some_done() -> int:
+        counts = client.batches.retrieve(batch_id).request_counts
+        return counts.completed if counts is not None else 0
+
+    try:
+        done_before = until(some_done, "a line answered", within=120, every=0.05)
+    finally:
+        gw.proc.kill()
+    gw.proc.wait(30)
+    assert done_before < LINES
+
+
+def _each_line_once(client: openai.OpenAI, batch_id: str) -> None:
+    done = wait_for(client, batch_id, "completed", within=240)
+    ids = [a["custom_id"] for a in answers(client, done.output_file_id)]
+    assert ids == [f"line-{i}" for i in range(LINES)]  # each exactly once, in order
+
+
+def test_a_batch_resumes_after_sigkill_and_answers_each_line_once(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    args = ("--warmup", "minimal", "--data-dir", str(tmp_path / "state"))
+    gw = support.start_gateway(model_dir, tmp_path / "gw1.log", *args, env=ENV)
+    client = _client(gw)
+    batch = submit(client, lines_of(BODIES))
+    _kill_mid_batch(gw, client, batch.id)
+
+    gw2 = support.start_gateway(model_dir, tmp_path / "gw2.log", *args, env=ENV)
+    try:
+        _each_line_once(_client(gw2), batch.id)
+    finally:
+        support.stop_gateway(gw2)
+
+
+def test_two_gateways_on_postgresql_share_a_batch_and_survive_one_killed(
+    model_dir: Path, tmp_path: Path, postgres: Postgres
+) -> None:
+    env = {**ENV, "GATEWAY_BATCH_STORE": postgres.new_database(), "GATEWAY_BATCH_LEASE": "3"}
+    gws = [
+        support.spawn_gateway(model_dir, tmp_path / f"gw{i}.log", "--warmup", "minimal", env=env)
+        for i in (1, 2)
+    ]
+    try:
+        for gw in gws:
+            support.wait_ready(gw)
+        first, second = (_client(gw) for gw in gws)
+        batch = submit(first, lines_of(BODIES))
+        seen = second.batches.retrieve(batch.id)  # made on one replica, seen on the other
+        assert seen.request_counts is not None and seen.request_counts.total == LINES
+        _kill_mid_batch(gws[0], first, batch.id)
+        _each_line_once(second, batch.id)
+        survivor = value(
+            scrape(gws[1].url), "gateway_batch_lines_total", model=MODEL_NAME, outcome="done"
+        )
+        assert 0 < survivor < LINES  # it shared the work, and finished the rest
+    finally:
+        for gw in gws:
+            if gw.proc.poll() is None:
+                support.stop_gateway(gw)
