@@ -75,7 +75,7 @@ class Batches:
     async def file(self, owner: str, file_id: str) -> dict[str, Any]:
         meta = await self._db(self.store.file, file_id, owner)
         if meta is None:
-            raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
+            raise NotFound("No such file.", param="file_id")  # the id is not echoed
         return meta
 
     async def files(self, owner: str) -> dict[str, Any]:
@@ -85,12 +85,12 @@ class Batches:
     async def content(self, owner: str, file_id: str) -> bytes:
         content = await self._db(self.store.content, file_id, owner)
         if content is None:
-            raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
+            raise NotFound("No such file.", param="file_id")  # the id is not echoed
         return content
 
     async def delete(self, owner: str, file_id: str) -> dict[str, Any]:
         if not await self._db(self.store.delete_file, file_id, owner):
-            raise NotFound(f"No such file: {file_id[:64]}.", param="file_id")
+            raise NotFound("No such file.", param="file_id")  # the id is not echoed
         return {"id": file_id, "object": "file", "deleted": True}
 
     # -- batches ---------------------------------------------------------------
@@ -144,7 +144,7 @@ class Batches:
     async def get(self, owner: str, batch_id: str) -> dict[str, Any]:
         batch = await self._db(self.store.batch, batch_id, owner)
         if batch is None:
-            raise NotFound(f"No such batch: {batch_id[:64]}.", param="batch_id")
+            raise NotFound("No such batch.", param="batch_id")  # the id is not echoed
         counts = await self._db(self.store.counts, batch_id)
         batch["request_counts"] = {
             "total": counts.total, "completed": counts.completed, "failed": counts.failed
