@@ -6,6 +6,7 @@ leases run out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -35,20 +36,30 @@ def _client(gw: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
 
 
-def _kill_mid_batch(gw: Gateway, client: openai.OpenAI, batch_id: str) -> None:
-    """SIGKILL (no drain, no lease given back) once a line is answered; the
-    kill came before the last."""
-
-    def some_done() -> int:
-        counts = client.batches.retrieve(batch_id).request_counts
-        return counts.completed if counts is not None else 0
-
+def _kill_mid_batch(gw: Gateway, answered: Callable[[], float]) -> None:
+    """SIGKILL (no drain, no lease given back) once `answered()` (lines
+    answered) is above 0; the kill came before the last."""
     try:
-        done_before = until(some_done, "a line answered", within=120, every=0.05)
+        done_before = until(answered, "a line answered", within=120, every=0.05)
     finally:
         gw.proc.kill()
     gw.proc.wait(30)
     assert done_before < LINES
+
+
+def _completed(client: openai.OpenAI, batch_id: str) -> Callable[[], float]:
+    def completed() -> float:
+        counts = client.batches.retrieve(batch_id).request_counts
+        return counts.completed if counts is not None else 0
+
+    return completed
+
+
+def _answered_by(gw: Gateway) -> Callable[[], float]:
+    """The lines this gateway itself answered (its own counter)."""
+    return lambda: value(
+        scrape(gw.url), "gateway_batch_lines_total", model=MODEL_NAME, outcome="done"
+    )
 
 
 def _each_line_once(client: openai.OpenAI, batch_id: str) -> None:
@@ -64,7 +75,7 @@ def test_a_batch_resumes_after_sigkill_and_answers_each_line_once(
     gw = support.start_gateway(model_dir, tmp_path / "gw1.log", *args, env=ENV)
     client = _client(gw)
     batch = submit(client, lines_of(BODIES))
-    _kill_mid_batch(gw, client, batch.id)
+    _kill_mid_batch(gw, _completed(client, batch.id))
 
     gw2 = support.start_gateway(model_dir, tmp_path / "gw2.log", *args, env=ENV)
     try:
@@ -88,11 +99,10 @@ def test_two_gateways_on_postgresql_share_a_batch_and_survive_one_killed(
         batch = submit(first, lines_of(BODIES))
         seen = second.batches.retrieve(batch.id)  # made on one replica, seen on the other
         assert seen.request_counts is not None and seen.request_counts.total == LINES
-        _kill_mid_batch(gws[0], first, batch.id)
+        # killed once it has answered a line of its own (the other runs lines too)
+        _kill_mid_batch(gws[0], _answered_by(gws[0]))
         _each_line_once(second, batch.id)
-        survivor = value(
-            scrape(gws[1].url), "gateway_batch_lines_total", model=MODEL_NAME, outcome="done"
-        )
+        survivor = _answered_by(gws[1])()
         assert 0 < survivor < LINES  # it shared the work, and finished the rest
     finally:
         for gw in gws:
