@@ -169,12 +169,11 @@ class BatchRunner:
         metrics.jobs_now(self.store.job_counts())
         metrics.backlog_now(*self.store.backlog())
 
-    async def _finish(self, line: Line, state: str, result: dict[str, Any]) -> None:
-        self._done.append((line, state, result))  # written by the next pass
-
     async def _one(self, tenant: str, batch: dict[str, Any], line: Line) -> None:
+        """Run the line; its answer (or error) is written by the next pass."""
         try:
             body = await self.run_line(tenant, batch["id"], batch["endpoint"], line.body)
+            state, result = "done", _line(line, {"status_code": 200, "body": body}, None)
         except BudgetExceeded as exc:
             # At the budget's edge: give the line back, pause the tenant's batches.
             self._paused_until[tenant] = time.time() + exc.retry_after
@@ -182,17 +181,13 @@ class BatchRunner:
             await asyncio.to_thread(self.store.release, self.owner, batch["id"])
             return
         except GatewayError as exc:
-            result = _line(line, None, {"status_code": int(exc.status), "body": exc.body()})
-            await self._finish(line, "failed", result)
-            return
+            error = {"status_code": int(exc.status), "body": exc.body()}
+            state, result = "failed", _line(line, None, error)
         except Exception:
             logger.exception("batch %s line %d failed", batch["id"], line.idx)
-            error = {"error": {"message": "The line failed.", "type": "server_error"}}
-            result = _line(line, None, {"status_code": 500, "body": error})
-            await self._finish(line, "failed", result)
-            return
-        result = _line(line, {"status_code": 200, "body": body}, None)
-        await self._finish(line, "done", result)
+            body = {"error": {"message": "The line failed.", "type": "server_error"}}
+            state, result = "failed", _line(line, None, {"status_code": 500, "body": body})
+        self._done.append((line, state, result))
 
     async def _settle(self, tenant: str, batch: dict[str, Any], now: float) -> bool:
         """Move a batch on when its lines are all answered, it was cancelled
