@@ -44,15 +44,13 @@ def build_batches(
     )
     lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
     metrics = BatchMetrics(registry, settings.model_name)
-    return BatchWing(
-        api,
-        BatchRunner(
-            store,
-            lines,
-            lines.room,
-            metrics,
-            lease=settings.batch_lease,
-            retention=settings.batch_retention,
-        ),
+    runner = BatchRunner(
         store,
+        lines,
+        lines.room,
+        metrics,
+        lease=settings.batch_lease,
+        retention=settings.batch_retention,
     )
+    api.changed = runner.wake
+    return BatchWing(api, runner, store)

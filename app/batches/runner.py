@@ -41,6 +41,7 @@ class BatchRunner:
         *,
         lease: float = 120.0,
         poll: float = 0.5,
+        idle_poll: float = 5.0,
         retention: float = 30 * 86400,
         measure_every: float = 5.0,
         ahead: int = 16,
@@ -50,7 +51,9 @@ class BatchRunner:
         self.room = room  # engine places batch lines may hold in all now (0: none)
         self.metrics = metrics
         self.lease = lease
-        self.poll = poll
+        self.poll = poll  # seconds between passes while a batch runs
+        self.idle_poll = idle_poll  # while none does (a new one here wakes it at once)
+        self._active = False  # the last pass saw an unfinished batch
         self.retention = retention  # seconds a finished batch is kept
         self.measure_every = measure_every  # seconds between the gauges' reads
         self._purged_at = 0.0
@@ -80,8 +83,13 @@ class BatchRunner:
                     logger.error("batch runner pass failed: %r", exc)
                 failing, worked = True, False
             if not worked:
+                busy = self._active or self._running or self._ready or self._done
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                    await asyncio.wait_for(self._wake.wait(), self.poll if busy else self.idle_poll)
+
+    def wake(self) -> None:
+        """A batch was created or cancelled here: a pass now, not at the next poll."""
+        self._wake.set()
 
     async def stop(self) -> None:
         """A clean stop: lines in flight are given back at once (their answers,
@@ -105,7 +113,9 @@ class BatchRunner:
         if self.metrics is not None and now - self._measured_at > self.measure_every:
             self._measured_at = now
             await asyncio.to_thread(self._measure)
-        for tenant, batch in await asyncio.to_thread(self.store.active_batches):
+        active = await asyncio.to_thread(self.store.active_batches)
+        self._active = bool(active)
+        for tenant, batch in active:
             if batch["status"] != "in_progress" or now >= batch["expires_at"]:
                 await self._settle(tenant, batch, now)
                 continue

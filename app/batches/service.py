@@ -38,6 +38,7 @@ class Batches:
     max_file_bytes: int
     max_lines: int
     max_active: int  # batches per tenant not yet finished
+    changed: Callable[[], None] = lambda: None  # a batch created or cancelled (wakes the runner)
 
     async def _db(self, call: Callable[..., T], *args: Any) -> T:
         """A store call on a thread; a store that fails (a full disk, a lost
@@ -139,6 +140,7 @@ class Batches:
         }
         lines = [Line(batch_id, i, cid, body) for i, (cid, body) in enumerate(requests)]
         await self._db(self.store.create_batch, batch, owner, lines)
+        self.changed()
         return batch
 
     async def get(self, owner: str, batch_id: str) -> dict[str, Any]:
@@ -171,6 +173,7 @@ class Batches:
             batch["status"] = "cancelling"
             batch["cancelling_at"] = int(time.time())
             await self._db(self.store.update_batch, batch, previous)
+            self.changed()
         return await self.get(owner, batch_id)
 
 
