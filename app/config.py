@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from app.adapter_settings import AdapterSettings
 from app.batch_settings import BatchSettings
 
 Device = Literal["auto", "cpu", "npu"]
@@ -27,7 +28,7 @@ def _state_home() -> Path:  # XDG's, else ~/.local/state
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
 
 
-class Settings(BatchSettings):
+class Settings(BatchSettings, AdapterSettings):
     """Every field is `GATEWAY_<NAME>` in the environment and `--<name>` on the CLI."""
 
     model_config = SettingsConfigDict(
@@ -224,7 +225,7 @@ class Settings(BatchSettings):
         description='JSON object of any other vLLM engine argument, e.g. {"seed": 1}.',
     )
 
-    @field_validator("api_keys", "served_model_name", mode="before")
+    @field_validator("api_keys", "served_model_name", "admin_keys", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # vLLM's --api-key takes one key (and --served-model-name one or more

@@ -224,3 +224,12 @@ def reject_reasons() -> tuple[str, ...]:
             reasons.setdefault(cls.reason)
         pending.extend(cls.__subclasses__())
     return tuple(reasons)
+
+
+class PermissionDenied(GatewayError):
+    """A key that may not call this endpoint (the admin endpoints need an admin key)."""
+
+    status = HTTPStatus.FORBIDDEN
+    type = "permission_error"
+    code = "admin_key_required"
+    reason = "forbidden"

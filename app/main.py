@@ -21,7 +21,7 @@ from app.api.middleware import BodyLimit, InternalErrors, RequestContext
 from app.api.ratelimit import RateLimiter
 from app.api.rejection import Rejections, install_error_handlers
 from app.api.route_table import Endpoints
-from app.api.routes import batches, completions, health, info, models, tokenize
+from app.api.routes import adapters, batches, completions, health, info, models, tokenize
 from app.api.routes import metrics as metrics_routes
 from app.batches.assembly import BatchWing, build_batches
 from app.completion.assembly import build_service
@@ -56,7 +56,8 @@ def create_app(
     settings = settings or Settings()
     registry = REGISTRY if registry is None else registry
     app = FastAPI(title="ascend-llm-gateway", version=__version__, lifespan=_lifespan)
-    for module in (completions, batches, models, tokenize, health, info, metrics_routes):
+    routes = (completions, batches, adapters, models, tokenize, health, info, metrics_routes)
+    for module in routes:
         app.include_router(module.router)
     # From the top down: what HTTP needs, the parts, the pipeline, the supervisor.
     endpoints = Endpoints(app.routes, protect_metrics=settings.metrics_auth)
@@ -161,7 +162,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # SIGHUP reloads what is reloadable and never ends the process. Not
     # where there are no signals, nor off the main thread (tests).
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, tenancy.hangup)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _hangup(supervisor, tenancy))
         hup = True
     if app.state.engine_given:
         await supervisor.startup()
@@ -186,6 +187,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await tenancy.ledger.close()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # the last spans exported
+
+
+def _hangup(supervisor: Supervisor, tenancy: Tenancy) -> None:
+    """SIGHUP: the tenants file and usage log, and a look at the adapters."""
+    service = supervisor.serving()
+    adapters = service.adapters if service is not None else None
+    tenancy.hangup(quiet=adapters is not None)
+    if adapters is not None:
+        adapters.rescan_soon("SIGHUP")
 
 
 def _build_vllm(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> Engine:

@@ -10,7 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.protocol import SamplingOptions, refusal
+from app.engine.protocol import AdapterRef, SamplingOptions, refusal
+from app.errors import EngineFailure
 
 
 @dataclass
@@ -80,6 +81,10 @@ class FakeEngine:
     capture_sizes: list[int] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)  # each generate()'s priority
     trace_headers: list[dict[str, str] | None] = field(default_factory=list)
+    adapters: list[AdapterRef | None] = field(default_factory=list)  # each generate()'s adapter
+    loaded: dict[int, AdapterRef] = field(default_factory=dict)  # add_adapter'd, not removed
+    idle_marks: int = 0  # adapters_idle() calls
+    refuse_adapters: bool = False  # add_adapter fails (the engine cannot load it)
 
     async def generate(
         self,
@@ -89,9 +94,11 @@ class FakeEngine:
         cache_salt: str | None = None,
         priority: int = 0,
         trace_headers: dict[str, str] | None = None,
+        adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[ReqOut, None]:
         self.priorities.append(priority)
         self.trace_headers.append(trace_headers)
+        self.adapters.append(adapter)
         try:
             async for out in self.script(prompt_token_ids, options):
                 yield out
@@ -103,6 +110,17 @@ class FakeEngine:
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        if self.refuse_adapters:
+            raise EngineFailure("The engine could not load it (scripted).")
+        self.loaded[adapter.id] = adapter
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        self.loaded.pop(adapter.id, None)
+
+    def adapters_idle(self) -> None:
+        self.idle_marks += 1
 
     def info(self) -> dict[str, Any]:
         graph = {"cudagraph_mode": "PIECEWISE", "capture_sizes": self.capture_sizes}

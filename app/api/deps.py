@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
+from app.completion.catalog import Catalog
 from app.completion.prepared import ServedModel
 from app.completion.service import CompletionService
 from app.completion.tokenizer import AsyncTokenizer
@@ -16,6 +17,8 @@ from app.errors import Unavailable
 from app.lifecycle.phases import Lifecycle, Phase
 from app.lifecycle.supervisor import Supervisor
 from app.observability.exposition import Exposition
+from app.scopes import TENANT
+from app.tenancy.tenants import Tenant
 
 T = TypeVar("T")
 
@@ -56,7 +59,14 @@ def _engine_info(s: Supervisor) -> dict[str, Any] | None:
     return s.engine.info() if s.engine is not None else None
 
 
+async def _tenant(request: Request) -> Tenant | None:
+    tenant: Tenant | None = request.scope.get(TENANT)  # set when keys are configured
+    return tenant
+
+
 ModelDep = Annotated[ServedModel, _read(lambda s: serving(s).model)]
+CatalogDep = Annotated[Catalog, _read(lambda s: serving(s).catalog)]
+TenantDep = Annotated[Tenant | None, Depends(_tenant)]
 TokenizerDep = Annotated[AsyncTokenizer, _read(lambda s: serving(s).tokenizer)]
 SettingsDep = Annotated[Settings, _read(lambda s: s.settings)]
 LifecycleDep = Annotated[Lifecycle, _read(lambda s: s.lifecycle)]

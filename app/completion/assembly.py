@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import get_args
 
+from app.adapters.assembly import build_adapters
 from app.completion.admission import Admission
 from app.completion.chat import ChatPreparer
 from app.completion.chat_template import ChatTemplate, load_source
@@ -39,7 +40,8 @@ def build_service(
     )
     metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
     tokenizer = AsyncTokenizer(engine.tokenizer)
-    preparer = Preparer(engine, settings, tokenizer, metrics)
+    adapters = build_adapters(settings, engine, metrics.registry)
+    preparer = Preparer(engine, settings, tokenizer, metrics, adapters)
     tok = engine.tokenizer
     template = ChatTemplate(
         load_source(settings.chat_template, tok),

@@ -27,11 +27,17 @@ def engine_outputs(
     goes to `accepted` by the caller. Several: each prompt's outputs tagged
     with its index, `accepted` told of each one's first, all fanned in."""
     trace = prep.record.trace_headers if prep.record is not None else None
+    adapter = prep.adapter.ref if prep.adapter is not None else None
 
     def request(prompt: PreparedPrompt, request_id: str) -> AsyncGenerator[RequestOutput, None]:
+        if adapter is None:  # the base model (engines without adapters take no argument)
+            return engine.generate(
+                prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority, trace
+            )
         return engine.generate(
-            prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority, trace
-        )
+            prompt.token_ids, prep.options, request_id, prep.cache_salt, prep.priority, trace,
+            adapter,
+        )  # fmt: skip
 
     if len(prep.prompts) == 1:
         active.add(prep.request_id)

@@ -11,7 +11,7 @@ A deadline that passes becomes `RequestTimeout` here, counted once; a
 generation closed before its outputs ended, without an error or timeout,
 is a client that went away, counted once. `settle` tells the place and the
 record what the run used; one that fails to start settles and closes itself.
-"""
+A task adapter is held from admission to close (never unloaded mid-run)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ class Runner:
         place = self.admission.enter(
             prep.prompt_tokens, prep.priority, prep.flow, weight=prep.weight, share=prep.share
         )
-        generation = Generation(self, prep, place)
-        self.generations.add(generation)
+        if prep.adapter is not None:  # ModelNotFound if unloaded since the request was checked
+            prep.adapter.hold(place.release)
+        self.generations.add(generation := Generation(self, prep, place))
         return generation
 
     def break_all(self, error: GatewayError) -> None:
@@ -82,6 +83,7 @@ class Generation:
         "_closed",
         "_expired",
         "_first",
+        "_produced",
         "_single",
         "_source",
         "_timer",
@@ -115,6 +117,7 @@ class Generation:
         self._expired = False  # the deadline passed, or the runner broke
         self._waiter: asyncio.Task[Any] | None = None  # the task waiting on us now
         self._cancelled: asyncio.Task[Any] | None = None  # the task we cancelled
+        self._produced = False  # some prompt has its first output (an adapter's "running")
 
     @property
     def queued(self) -> bool:
@@ -269,6 +272,8 @@ class Generation:
                 await self._source.aclose()
         finally:
             self.place.release()
+            if self.prep.adapter is not None:
+                self.prep.adapter.release(self._produced, self.prep.prompt_tokens, self.place.used)
 
     async def __aenter__(self) -> Generation:
         return self
@@ -286,6 +291,9 @@ class Generation:
         those it found in the prefix cache (vLLM >= 0.2x reports them)."""
         metrics = self.runner.metrics
         metrics.prompt_tokens.inc(len(prompt.token_ids))
+        if self.prep.adapter is not None and not self._produced:
+            self._produced = True
+            self.prep.adapter.started()
         cached = getattr(first, "num_cached_tokens", None)
         if cached:
             self.cached_tokens += cached

@@ -9,6 +9,8 @@ import hmac
 import os
 import time
 
+from app.adapters.registry import Adapters
+from app.completion.catalog import Catalog
 from app.completion.constraints import request_constraint
 from app.completion.context_limit import check_max_tokens, fit_prompt
 from app.completion.prepared import PreparedCompletion, PreparedPrompt, ServedModel
@@ -24,7 +26,12 @@ from app.tenancy.tenants import Tenant
 
 class Preparer:
     def __init__(
-        self, engine: Engine, settings: Settings, tokenizer: AsyncTokenizer, metrics: Metrics
+        self,
+        engine: Engine,
+        settings: Settings,
+        tokenizer: AsyncTokenizer,
+        metrics: Metrics,
+        adapters: Adapters | None = None,
     ):
         self.engine = engine
         self.settings = settings
@@ -32,6 +39,7 @@ class Preparer:
         self.metrics = metrics
         first, *aliases = settings.model_names
         self.model = ServedModel(first, engine.max_model_len, engine.vocab_size, tuple(aliases))
+        self.catalog = Catalog(self.model, adapters)
         # Per process: salts are only compared within this engine's cache.
         self._salt_key = os.urandom(32)
 
@@ -52,7 +60,7 @@ class Preparer:
         self, req: CompletionRequest, tenant: Tenant | None = None
     ) -> PreparedCompletion:
         arrival = time.monotonic()
-        self.model.check(req.model)
+        self.catalog.resolve(req.model, tenant)  # 404 before any work
         if req.suffix is not None:
             raise InvalidRequest("suffix is not supported by this model.", param="suffix")
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
@@ -139,12 +147,14 @@ class Preparer:
         """The one builder of a prepared completion, for text and chat
         (`dropped_messages` is chat's); truncation is counted here."""
         chat = dropped_messages is not None
+        model, adapter = self.catalog.resolve(req.model, tenant)
         prep = PreparedCompletion(
             request_id=f"{'chatcmpl' if chat else 'cmpl'}-{new_id()}",
             created=int(time.time()),
             arrival=arrival,
             deadline=self._deadline(arrival),
-            model=self.model.name,
+            model=model,
+            adapter=adapter,
             prompts=prompts,
             options=options,
             n=req.n,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from app.adapters.registry import Adapter
 from app.engine.protocol import SamplingOptions
 from app.errors import InvalidRequest, ModelNotFound
 from app.observability.record import RequestRecord
@@ -48,6 +49,7 @@ class PreparedCompletion:
     weight: float = 1.0  # the flow's weight
     share: float | None = None  # the part of the queue the flow may hold (tenants)
     record: RequestRecord | None = None  # what the usage log, budgets and traces are told
+    adapter: Adapter | None = None  # the task adapter it runs through (None: the base model)
 
     @property
     def budget_tokens(self) -> int:

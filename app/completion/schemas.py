@@ -175,7 +175,7 @@ class ModelCard(TypedDict):
     created: int
     owned_by: str
     root: str
-    parent: None
+    parent: str | None  # an adapter's base model
     max_model_len: int
 
 

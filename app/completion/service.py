@@ -37,6 +37,8 @@ class CompletionService:
         self.runner = runner
         self.tokenizer: AsyncTokenizer = preparer.tokenizer
         self.model = preparer.model
+        self.catalog = preparer.catalog  # model ids, adapters among them
+        self.adapters = preparer.catalog.adapters  # None without GATEWAY_LORA_*
         self.metrics = metrics
         self.ledger = ledger
 

@@ -34,6 +34,19 @@ DEVICE_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# LoRA defaults per device, used only when adapters are configured (an engine
+# built with LoRA pays for it on every step, so it is off without them).
+# npu: vllm-ascend runs LoRA in ACLGraph (PIECEWISE) mode since v0.10 and its
+# fused sgmv kernels take ranks 8/16/32/64; a rank above any output slice's
+# width kills the engine at graph capture (the dummy adapter covers every
+# module). 4 on the device and rank 16 keep the captured graphs' LoRA
+# buffers small next to a 1.4B model's KV cache.
+LORA_PROFILES: dict[str, dict[str, int]] = {
+    "npu": {"max_loras": 4, "max_cpu_loras": 8, "max_lora_rank": 16},
+    "cpu": {"max_loras": 4, "max_cpu_loras": 8, "max_lora_rank": 16},
+}
+
+
 # Environment defaults per device, set only where unset (the engine-core
 # process inherits them).
 DEVICE_ENV_DEFAULTS: dict[str, dict[str, str]] = {
@@ -43,6 +56,16 @@ DEVICE_ENV_DEFAULTS: dict[str, dict[str, str]] = {
     # and otherwise takes ~12 GiB per engine (two engines exhausted 24 GiB).
     "cpu": {"VLLM_CPU_KVCACHE_SPACE": "1"},
 }
+
+
+def lora_limits(settings: Settings, device: str) -> dict[str, int]:
+    """max_loras, max_cpu_loras, max_lora_rank: as set, else the device's defaults."""
+    limits = dict(LORA_PROFILES[device])
+    for name in limits:
+        value = getattr(settings, name)
+        if value is not None:
+            limits[name] = value
+    return limits
 
 
 def engine_kwargs(settings: Settings, device: str) -> dict[str, Any]:
@@ -64,6 +87,9 @@ def engine_kwargs(settings: Settings, device: str) -> dict[str, Any]:
     if settings.tenants_file is not None:
         # Priorities reorder the engine's waiting queue too.
         kwargs["scheduling_policy"] = "priority"
+    if settings.lora_enabled:
+        kwargs["enable_lora"] = True
+        kwargs.update(lora_limits(settings, device))
     kwargs.update(settings.engine_args)
     kwargs["model"] = settings.model
     names = settings.model_names

@@ -100,6 +100,16 @@ class SamplingOptions:
     structured: StructuredOutput | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    """A LoRA adapter as the engine knows it: `id` is unique per content
+    (a new version, or new files under the same name, get a new one)."""
+
+    name: str
+    id: int
+    path: str
+
+
 class Engine(Protocol):
     @property
     def max_model_len(self) -> int: ...
@@ -124,6 +134,7 @@ class Engine(Protocol):
         cache_salt: str | None = None,
         priority: int = 0,
         trace_headers: dict[str, str] | None = None,
+        adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Outputs for one prompt. Raises app.errors types; closing or
         cancelling it aborts the request. `cache_salt` partitions the prefix
@@ -131,7 +142,19 @@ class Engine(Protocol):
         `priority` (lower sooner) orders the engine's waiting queue when it
         schedules by priority, and is ignored otherwise. `trace_headers`
         (W3C trace context) make the engine's own spans, when its tracing is
-        on, children of the request's."""
+        on, children of the request's. `adapter`: run through that LoRA
+        adapter (loaded on demand from its path if the engine dropped it)."""
+        ...
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        """Load an adapter into the engine's host cache (EngineFailure if it cannot)."""
+        ...
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None: ...
+
+    def adapters_idle(self) -> None:
+        """No adapter request is running or waiting: say so in the engine's own
+        adapter metric (vLLM's keeps its last busy sample while idle)."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

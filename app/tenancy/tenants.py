@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +37,9 @@ class _Entry(BaseModel):
     default_priority: int = 0
     min_priority: int = 0
     weight: Annotated[float, Field(ge=0.001, le=1000)] = 1.0
+    # The model ids it may use (base and adapters; * ? [] globs); none: all.
+    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    admin: bool = False  # may call the admin endpoints (load/unload adapters)
 
     @model_validator(mode="after")
     def _consistent(self) -> _Entry:
@@ -71,6 +75,13 @@ class Tenant:
     weight: float = 1.0
     named: bool = False  # from the tenants file (its name is a metric label)
     share: float | None = None  # its part of the queue: weight / every caller's weights
+    models: tuple[str, ...] | None = None  # globs of the model ids it may use; None: all
+    admin: bool = False
+
+    def may_use(self, *names: str) -> bool:
+        """Whether any of a model's names (as asked, as served) is one it may use."""
+        patterns = self.models
+        return patterns is None or any(fnmatchcase(n, p) for n in names for p in patterns)
 
     @property
     def limited(self) -> bool:
@@ -182,6 +193,8 @@ def parse_tenants(
             min_priority=e.min_priority,
             weight=e.weight,
             named=True,
+            models=tuple(e.models) if e.models is not None else None,
+            admin=e.admin,
         )
         out.append((tenant, digests))
     return out
@@ -194,6 +207,7 @@ class TenantBook:
     file: Path | None = None
     plain: list[bytes] = field(default_factory=list)  # GATEWAY_API_KEYS digests
     floor: int = 0  # the most urgent priority of the plain keys
+    admins: list[bytes] = field(default_factory=list)  # GATEWAY_ADMIN_KEYS digests
     _pairs: list[tuple[bytes, Tenant]] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)  # the file's, in its order
 
@@ -204,7 +218,7 @@ class TenantBook:
     def configured(self) -> bool:
         """A tenants file (even with nobody in it yet) or any key: every
         /v1 route needs a key, whatever a reload brings."""
-        return self.file is not None or bool(self.plain)
+        return self.file is not None or bool(self.plain) or bool(self.admins)
 
     @property
     def names(self) -> list[str]:
@@ -230,9 +244,12 @@ class TenantBook:
             name=UNNAMED, identity=b"", default_priority=self.floor, min_priority=self.floor,
             share=share,
         )  # fmt: skip
+        admins = set(self.admins)
         for d in self.plain:
             if d not in taken:
-                pairs.append((d, replace(unnamed, identity=d)))
+                pairs.append((d, replace(unnamed, identity=d, admin=d in admins)))
+        for d in admins - taken - set(self.plain):  # an admin key alone: no completions
+            pairs.append((d, replace(unnamed, identity=d, models=(), admin=True)))
         self._pairs = pairs
         self.tenants = [t for t, _ in named]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ModelDep, TokenizerDep
+from app.api.deps import CatalogDep, TenantDep, TokenizerDep
 from app.api.responses import json_response
 from app.completion.schemas import (
     DetokenizeRequest,
@@ -15,9 +15,12 @@ router = APIRouter()
 
 
 @router.post("/tokenize", response_model=None)
-async def tokenize(body: TokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
+async def tokenize(
+    body: TokenizeRequest, catalog: CatalogDep, tenant: TenantDep, tokenizer: TokenizerDep
+) -> Response:
     """Count and list the tokens of a prompt (vLLM's shape)."""
-    model.check(body.model)
+    catalog.resolve(body.model, tenant)  # an adapter shares the model's tokenizer
+    model = catalog.model
     tokens = await tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     result: TokenizeResponse = {
         "count": len(tokens),
@@ -30,9 +33,12 @@ async def tokenize(body: TokenizeRequest, model: ModelDep, tokenizer: TokenizerD
 
 
 @router.post("/detokenize", response_model=None)
-async def detokenize(body: DetokenizeRequest, model: ModelDep, tokenizer: TokenizerDep) -> Response:
+async def detokenize(
+    body: DetokenizeRequest, catalog: CatalogDep, tenant: TenantDep, tokenizer: TokenizerDep
+) -> Response:
     """Turn token ids back into text (vLLM's shape)."""
-    model.check(body.model)
+    catalog.resolve(body.model, tenant)
+    model = catalog.model
     model.check_tokens(body.tokens, "tokens")
     result: DetokenizeResponse = {
         "prompt": await tokenizer.decode(body.tokens, skip_special_tokens=False)
