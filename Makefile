@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FIXTURE := .cache/models/tiny-mobilellama/MANIFEST.sha256.json
+ADAPTERS := .cache/adapters/MANIFEST.sha256.json
 PROMTOOL := .cache/prometheus/usr/bin/promtool
 HELM := .cache/bin/helm
 SLOWHTTPTEST := .cache/slowhttptest/usr/bin/slowhttptest
@@ -15,7 +16,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup serve test test-fast lint format fixture clean bench bench-seed verify test-compat mutation
 
-setup: $(STAMP) $(FIXTURE) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST) $(REDIS) $(POSTGRES)
+setup: $(STAMP) $(FIXTURE) $(ADAPTERS) $(PROMTOOL) $(HELM) $(SLOWHTTPTEST) $(REDIS) $(POSTGRES)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(STAMP): pyproject.toml
 
 $(FIXTURE): scripts/build_fixture.py $(STAMP)
 	$(PY) scripts/build_fixture.py
+
+# Tiny task adapters for the fixture model (seeded, byte-identical on rebuild).
+$(ADAPTERS): scripts/build_adapters.py $(FIXTURE)
+	$(PY) scripts/build_adapters.py
 
 # promtool and the Prometheus server, for the metrics tests (Debian package).
 $(PROMTOOL): scripts/get_deb.sh
@@ -51,6 +56,7 @@ $(HELM): scripts/get_helm.sh
 
 fixture: $(STAMP)
 	$(PY) scripts/build_fixture.py
+	$(PY) scripts/build_adapters.py
 
 # Chat through the shipped MobileLLaMA template unless GATEWAY_CHAT_TEMPLATE says otherwise.
 serve: setup
@@ -92,9 +98,9 @@ verify: $(STAMP)
 # vLLM) on the CPU, in a second venv (~8 GB, ~3 min to build once).
 COMPAT := .venv-compat
 COMPAT_TESTS ?= tests/e2e/test_completions.py tests/e2e/test_chat.py tests/e2e/test_disconnect.py tests/e2e/test_structured.py tests/e2e/test_tracing.py \
-	tests/e2e/test_metrics.py tests/e2e/test_models_tokenize.py tests/lifecycle \
+	tests/e2e/test_metrics.py tests/e2e/test_models_tokenize.py tests/e2e/test_adapters.py tests/lifecycle \
 	"tests/e2e/test_verify_and_info.py::test_gateway_info_shows_the_effective_engine"
-test-compat: $(FIXTURE) $(PROMTOOL)
+test-compat: $(FIXTURE) $(ADAPTERS) $(PROMTOOL)
 	scripts/setup_compat.sh $(COMPAT)
 	EXPECT_VLLM_VERSION=0.18.0 LD_PRELOAD="$$(ldconfig -p | awk '/libtcmalloc_minimal.so.4 /{print $$NF; exit}'):$(CURDIR)/$(COMPAT)/lib/libiomp5.so" \
 		$(COMPAT)/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)

@@ -97,7 +97,7 @@ class Adapters:
         return self.by_name.get(model) or self.aliases.get(model)
 
     def refuse(self, name: str, why: AdapterRefused | GatewayError, where: str) -> None:
-        reason = getattr(why, "reason", "engine")
+        reason = why.reason if isinstance(why, AdapterRefused) else "engine"
         self.metrics.refusals[reason].inc()
         logger.error("adapter %s refused (%s): %s", name[:80], where, why)
 
@@ -106,7 +106,7 @@ class Adapters:
         async with self._lock:
             found, refused = await asyncio.to_thread(self._look)
             for name, (key, error) in refused.items():
-                if self._refused.get(name, (None, ""))[0] != key:  # once per change
+                if name not in self._refused or self._refused[name][0] != key:  # once per change
                     self.refuse(name, error, why)
             self._refused = {n: (key, str(e)) for n, (key, e) in refused.items()}
             for name, old in list(self.by_name.items()):
