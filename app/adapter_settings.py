@@ -38,6 +38,13 @@ class AdapterSettings(BaseSettings):
         description="Seconds between looks at GATEWAY_LORA_DIR (SIGHUP and the admin "
         "endpoint look at once); 0: only then.",
     )
+    lora_base_guard: bool = Field(
+        True,
+        description="Run base-model requests through a pinned all-zero adapter while "
+        "adapters are served, so that an engine whose LoRA kernels read a base request "
+        "as the last adapter slot (vLLM's CPU ops, measured) cannot mix their outputs; "
+        "it takes one more device and host slot.",
+    )
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Keys that may call the admin endpoints (load/unload adapters): one, "

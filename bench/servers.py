@@ -48,7 +48,8 @@ def thinnest(model: str, log: Path, served_name: str) -> Server:
     return Server("thinnest", [*cmd, "--served-model-name", served_name], port, log)
 
 
-def vllm_server(model: str, log: Path, served_name: str) -> Server:
+def vllm_server(model: str, log: Path, served_name: str, *extra: str) -> Server:
+    """vLLM's OpenAI server on the gateway's cpu engine arguments (`extra`: more flags)."""
     port = free_port()
     kwargs = engine_kwargs(model)
     kwargs["served_model_name"] = served_name
@@ -61,5 +62,6 @@ def vllm_server(model: str, log: Path, served_name: str) -> Server:
         "--host",
         "127.0.0.1",
         *as_cli_flags(kwargs),
+        *extra,
     ]
     return Server("vllm-server", cmd, port, log)

@@ -32,8 +32,9 @@ def build_adapters(
         engine=engine,
         shape=shape,
         max_rank=int(args.get("max_lora_rank", limits["max_lora_rank"])),
-        max_loras=int(args.get("max_loras", limits["max_loras"])),
-        max_cpu_loras=int(args.get("max_cpu_loras", limits["max_cpu_loras"])),
+        # The configured slots (the engine may have one more: the base guard's).
+        max_loras=limits["max_loras"],
+        max_cpu_loras=limits["max_cpu_loras"],
         staging=Staging(Path(settings.data_dir)),
         metrics=AdapterMetrics(registry, settings.model_name),
         lora_dir=settings.lora_dir,

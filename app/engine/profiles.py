@@ -90,6 +90,9 @@ def engine_kwargs(settings: Settings, device: str) -> dict[str, Any]:
     if settings.lora_enabled:
         kwargs["enable_lora"] = True
         kwargs.update(lora_limits(settings, device))
+        if settings.lora_base_guard:  # a slot for the zero adapter (app.engine.zero_lora)
+            kwargs["max_loras"] += 1
+            kwargs["max_cpu_loras"] += 1
     kwargs.update(settings.engine_args)
     kwargs["model"] = settings.model
     names = settings.model_names

@@ -48,6 +48,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from app.config import Settings
+from app.engine import zero_lora
 from app.engine.orphans import Reaper, start_reaper
 from app.engine.preflight import check_npu, package_versions, resolve_device
 from app.engine.profiles import DEVICE_ENV_DEFAULTS, engine_kwargs
@@ -60,6 +61,7 @@ from app.engine.protocol import (
     refusal,
 )
 from app.engine.vllm_stats import PrometheusLogger, StepLogger
+from app.engine.zero_lora import write_zero_adapter
 from app.errors import EngineFailure, Unavailable
 from app.observability.metrics import EngineStep
 
@@ -92,9 +94,14 @@ class VllmEngine:
         device: str = "cpu",
         engine_args: dict[str, Any] | None = None,
         reaper: Reaper | None = None,
+        base_guard: Path | None = None,
     ):
         self._llm = llm
         self._reaper = reaper
+        # Base requests through the pinned zero adapter (app.engine.zero_lora),
+        # from the first adapter on; a directory for its files when guarded.
+        self._base_guard = base_guard
+        self._base_lora: LoRARequest | None = None
         self._device = device
         self._engine_args = engine_args or {}
         self._versions = package_versions()
@@ -143,6 +150,8 @@ class VllmEngine:
                 extra["trace_headers"] = trace_headers
             if adapter is not None:
                 extra["lora_request"] = LoRARequest(adapter.name, adapter.id, adapter.path)
+            elif self._base_lora is not None:
+                extra["lora_request"] = self._base_lora
             stream = self._llm.generate(prompt, params, request_id, **extra)
             # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
             async with aclosing(stream):
@@ -161,6 +170,12 @@ class VllmEngine:
 
     async def add_adapter(self, adapter: AdapterRef) -> None:
         try:
+            if self._base_guard is not None and self._base_lora is None:
+                path = write_zero_adapter(self._base_guard, self._llm.model_config.hf_config)
+                base = LoRARequest(zero_lora.NAME, zero_lora.ENGINE_ID, str(path))
+                await self._llm.add_lora(base)
+                await self._llm.pin_lora(base.lora_int_id)
+                self._base_lora = base
             await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
@@ -255,4 +270,5 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     # per engine step on the output path (~5% of this process's Python there
     # at c=1). Its engine core caches them once started; so do we, here.
     vllm_envs.enable_envs_cache()
-    return VllmEngine(llm, device, kwargs, reaper)
+    guard = Path(settings.data_dir) / "zero-lora" if settings.lora_base_guard else None
+    return VllmEngine(llm, device, kwargs, reaper, guard if settings.lora_enabled else None)
