@@ -260,7 +260,12 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     # vLLM instantiates stat loggers itself: bind the callback in a subclass.
     step_logger = type("StepLogger", (StepLogger,), {"on_step": staticmethod(on_step)})
     # A PrometheusStatLogger subclass among them takes the default one's place.
-    loggers: list[Any] = [step_logger, PrometheusLogger]
+    guard = settings.lora_enabled and settings.lora_base_guard
+    prometheus: type = PrometheusLogger
+    if guard:
+        hidden = {"hidden_adapter": zero_lora.NAME}
+        prometheus = type("PrometheusLogger", (PrometheusLogger,), hidden)
+    loggers: list[Any] = [step_logger, prometheus]
     try:
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=loggers)
     except BaseException:
@@ -270,5 +275,5 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     # per engine step on the output path (~5% of this process's Python there
     # at c=1). Its engine core caches them once started; so do we, here.
     vllm_envs.enable_envs_cache()
-    guard = Path(settings.data_dir) / "zero-lora" if settings.lora_base_guard else None
-    return VllmEngine(llm, device, kwargs, reaper, guard if settings.lora_enabled else None)
+    zero = Path(settings.data_dir) / "zero-lora" if guard else None
+    return VllmEngine(llm, device, kwargs, reaper, zero)

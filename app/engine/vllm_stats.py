@@ -75,7 +75,21 @@ class PrometheusLogger(PrometheusStatLogger):
     _counter_cls = LoopCounter
     _histogram_cls = LoopHistogram
     last: Any = None  # the instance vLLM made (for adapters_idle)
+    # The base guard's zero adapter (app.engine.zero_lora): left out of
+    # vllm:lora_requests_info, with its slot, so routers see real adapters.
+    hidden_adapter: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         PrometheusLogger.last = self
+        if self.hidden_adapter is not None and getattr(self, "gauge_lora_info", None):
+            self.max_lora -= 1
+
+    def record(self, scheduler_stats: Any, *args: Any, **kwargs: Any) -> None:
+        hidden = self.hidden_adapter
+        if hidden is not None and scheduler_stats is not None:
+            for name in ("running_lora_adapters", "waiting_lora_adapters"):
+                adapters = getattr(scheduler_stats, name, None)
+                if adapters:
+                    adapters.pop(hidden, None)
+        super().record(scheduler_stats, *args, **kwargs)
