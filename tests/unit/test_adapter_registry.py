@@ -47,6 +47,10 @@ def registry(
     return adapters, engine, prom
 
 
+def on_disk(path: str) -> bool:
+    return Path(path).is_dir()
+
+
 def sample(prom: CollectorRegistry, name: str, **labels: str) -> float | None:
     return prom.get_sample_value(name, {"model": "m", **labels})
 
@@ -90,16 +94,16 @@ def test_a_retired_adapter_drains_then_its_copy_goes(tmp_path: Path) -> None:
         copy_adapter("classify", tmp_path / "lora")
         await adapters.rescan("test")
         a = adapters.find("classify")
-        assert a is not None and Path(a.ref.path).is_dir()
+        assert a is not None and on_disk(a.ref.path)
         assert Path(a.ref.path).parent.parent == tmp_path / "state" / "adapters"
         a.hold(lambda: None)
         shutil.rmtree(tmp_path / "lora" / "classify")
         await adapters.rescan("test")
         assert adapters.find("classify") is None  # no new requests
-        assert a.ref.id in engine.loaded and Path(a.ref.path).is_dir()  # the one in flight runs on
+        assert a.ref.id in engine.loaded and on_disk(a.ref.path)  # the one in flight runs on
         a.release(False, 3, None)
         await asyncio.sleep(0)
-        assert a.ref.id not in engine.loaded and not Path(a.ref.path).exists()
+        assert a.ref.id not in engine.loaded and not on_disk(a.ref.path)
         assert sample(prom, "gateway_adapter_requests_total", adapter="classify") is None
         # A request checked before the retirement and admitted after: 404, its place back.
         gave_back: list[bool] = []
@@ -132,7 +136,7 @@ def test_new_files_under_the_same_name_are_a_new_adapter(tmp_path: Path) -> None
 
 def test_refusals_are_counted_once_and_others_keep_serving(tmp_path: Path) -> None:
     async def run() -> None:
-        adapters, engine, prom = registry(tmp_path)
+        adapters, _, prom = registry(tmp_path)
         copy_adapter("classify", tmp_path / "lora")
         shutil.copytree(REFUSED / "wide", tmp_path / "lora" / "wide")
         write_adapter(tmp_path / "lora" / "big", 32, ["q_proj"])
@@ -166,7 +170,7 @@ def test_an_adapter_the_engine_refuses_is_not_served(tmp_path: Path) -> None:
 
 def test_admin_load_and_unload_live_in_the_directory(tmp_path: Path) -> None:
     async def run() -> None:
-        adapters, engine, _ = registry(tmp_path)
+        adapters, _, _ = registry(tmp_path)
         await admin.load(adapters, "extract@1", str(copy_adapter("extract@1", tmp_path)), "ops")
         assert (tmp_path / "lora" / "extract@1" / "adapter_model.safetensors").is_file()
         assert adapters.find("extract") is not None
