@@ -25,7 +25,9 @@ def run_serve_benchmark(
     input_len: int = 128,
     output_len: int = 64,
     seed: int = 0,
+    lora_modules: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`lora_modules`: each request names one of these adapters, round-robin."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -47,6 +49,8 @@ def run_serve_benchmark(
             "--percentile-metrics", "ttft,tpot,itl",
             "--seed", str(seed),
             "--disable-tqdm",
+            *(["--lora-modules", *lora_modules, "--lora-assignment", "round-robin"]
+              if lora_modules else []),
         ]
     )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):

@@ -59,13 +59,20 @@ def cpu_seconds(server: Server) -> tuple[float, float]:
 
 
 def measured(
-    server: Server, c: int, prompts: int | None = None, input_len: int = 128, output_len: int = 64
+    server: Server,
+    c: int,
+    prompts: int | None = None,
+    input_len: int = 128,
+    output_len: int = 64,
+    lora_modules: list[str] | None = None,
 ) -> dict[str, Any]:
     """One benchmark run, with the CPU each process spent per 1000 output tokens:
     the serving layer's own cost, steadier than tok/s on a shared machine."""
     api0, engine0 = cpu_seconds(server)
     n = prompts or prompts_for(c)
-    r = run_serve_benchmark(server.url, NAME, MODEL, c, n, input_len, output_len)
+    r = run_serve_benchmark(
+        server.url, NAME, MODEL, c, n, input_len, output_len, lora_modules=lora_modules
+    )
     api1, engine1 = cpu_seconds(server)
     tokens = r.get("total_output_tokens") or r["completed"] * output_len
     r["api_cpu_ms_per_request"] = (api1 - api0) * 1e3 / max(1, r["completed"])

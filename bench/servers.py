@@ -48,7 +48,9 @@ def thinnest(model: str, log: Path, served_name: str) -> Server:
     return Server("thinnest", [*cmd, "--served-model-name", served_name], port, log)
 
 
-def vllm_server(model: str, log: Path, served_name: str, *extra: str) -> Server:
+def vllm_server(
+    model: str, log: Path, served_name: str, *extra: str, env: dict[str, str] | None = None
+) -> Server:
     """vLLM's OpenAI server on the gateway's cpu engine arguments (`extra`: more flags)."""
     port = free_port()
     kwargs = engine_kwargs(model)
@@ -64,4 +66,4 @@ def vllm_server(model: str, log: Path, served_name: str, *extra: str) -> Server:
         *as_cli_flags(kwargs),
         *extra,
     ]
-    return Server("vllm-server", cmd, port, log)
+    return Server("vllm-server", cmd, port, log, env=env)
