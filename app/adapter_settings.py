@@ -40,7 +40,7 @@ class AdapterSettings(BaseSettings):
     )
     lora_base_guard: bool = Field(
         True,
-        description="Run base-model requests through a pinned all-zero adapter while "
+        description="Run base-model requests through a all-zero adapter while "
         "adapters are served, so that an engine whose LoRA kernels read a base request "
         "as the last adapter slot (vLLM's CPU ops, measured) cannot mix their outputs; "
         "it takes one more device and host slot.",

@@ -98,7 +98,7 @@ class VllmEngine:
     ):
         self._llm = llm
         self._reaper = reaper
-        # Base requests through the pinned zero adapter (app.engine.zero_lora),
+        # Base requests through the zero adapter (app.engine.zero_lora),
         # from the first adapter on; a directory for its files when guarded.
         self._base_guard = base_guard
         self._base_lora: LoRARequest | None = None
@@ -173,8 +173,10 @@ class VllmEngine:
             if self._base_guard is not None and self._base_lora is None:
                 path = write_zero_adapter(self._base_guard, self._llm.model_config.hf_config)
                 base = LoRARequest(zero_lora.NAME, zero_lora.ENGINE_ID, str(path))
+                # Not pinned: vLLM's scheduler lets a batch hold max_loras
+                # adapters, and a pinned one left too few slots (KeyError in
+                # the worker, the engine dead: measured with 8 adapters).
                 await self._llm.add_lora(base)
-                await self._llm.pin_lora(base.lora_int_id)
                 self._base_lora = base
             await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
         except EngineDeadError as exc:

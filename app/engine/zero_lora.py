@@ -7,8 +7,9 @@ device slot. Batched with adapter requests once every slot has been used,
 a base request gets that adapter's output (measured with vLLM's own server;
 vllm-ascend #3820 reports mixed base and adapter outputs on Ascend). An
 adapter whose B matrices are zero adds exact zeros: the base output, from
-an index that is never -1. Pinned, it holds one device slot; the engine is
-given one more so that the configured number stays for real adapters."""
+an index that is never -1. It takes a device slot while base requests run;
+the engine is given one more so that the configured number stays for real
+adapters."""
 
 from __future__ import annotations
 

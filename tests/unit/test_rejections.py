@@ -33,6 +33,7 @@ from app.errors import (
     reject_reasons,
 )
 from app.main import create_app
+from app.observability.adapter_metrics import AdapterMetrics
 from app.observability.batch_metrics import BatchMetrics
 from app.observability.metrics import Metrics
 from app.observability.tenant_metrics import TenantMetrics
@@ -124,6 +125,7 @@ def test_the_readme_metrics_table_matches_the_code() -> None:
     metrics = Metrics(CollectorRegistry(), "m")
     TenantMetrics(metrics.registry, "m")  # registered beside them when tenants are on
     BatchMetrics(metrics.registry, "m")  # and when batches are
+    AdapterMetrics(metrics.registry, "m")  # and when task adapters are
     exported = {
         family.name.removesuffix("_total") if family.type == "counter" else family.name
         for family in metrics.registry.collect()
