@@ -11,6 +11,7 @@ import httpx
 import yaml
 from prometheus_client import CollectorRegistry
 
+from app.observability.adapter_metrics import AdapterMetrics
 from app.observability.tenant_metrics import TenantMetrics
 from tests.support.gateway import ROOT
 
@@ -92,6 +93,9 @@ def test_dashboard_covers_what_sres_need() -> None:
         "gateway_event_loop_lag_seconds",
         "gateway_engine_stalls_total",
         "gateway_prompt_cached_tokens_total",
+        "gateway_adapter_requests_total",
+        "gateway_adapter_inflight_requests",
+        "gateway_adapter_loaded",
     ):
         assert metric in text, metric
     # A heatmap of histogram buckets needs the heatmap format, or Grafana
@@ -111,6 +115,7 @@ def test_every_dashboard_metric_is_exported(http: httpx.Client) -> None:
     # test_tenants reads them live; here, what TenantMetrics registers.
     registry = CollectorRegistry()
     TenantMetrics(registry, "m").declare(["t"], ["ok"], [0])
+    AdapterMetrics(registry, "m").added("a")  # per-adapter series: with adapters only
     exported |= {s.name for family in registry.collect() for s in family.samples}
     used = set()
     for e in dashboard_exprs():
