@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from app.config import Settings
 from app.engine.profiles import engine_kwargs
+from app.observability.adapter_metrics import AdapterMetrics
 from app.observability.batch_metrics import BatchMetrics
 from app.observability.metrics import Metrics
 from app.observability.tenant_metrics import TenantMetrics
@@ -340,6 +341,7 @@ def test_every_dashboard_query_follows_the_namespace_and_pod_variables() -> None
     # The Tenants row's series (registered when tenants are on).
     TenantMetrics(registry, "m").declare(["t"], ["ok"], [0])
     BatchMetrics(registry, "m")  # the Batches row's
+    AdapterMetrics(registry, "m").added("a")  # the Adapters row's (with adapters on)
     names = set()
     for family in registry.collect():
         suffix = "_total" if family.type == "counter" else ""

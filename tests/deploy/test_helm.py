@@ -24,6 +24,11 @@ ALL_ON = [
     "model.initContainer.image=registry.example.com/fetch-weights:1",
     "inferencePool.enabled=true",
     "inferencePool.endpointPicker.name=mobilellama-epp",
+    "adapters.enabled=true",
+    "adapters.source=newClaim",
+    "adapters.initContainer.enabled=true",
+    "adapters.initContainer.image=registry.example.com/fetch-adapters:1",
+    "adapters.adminKeys.existingSecret=gateway-admins",
 ]
 K8S_VERSIONS = ["1.25.0", "1.35.0"]
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "InferencePool", "ScaledObject"}
@@ -200,3 +205,39 @@ def test_the_batch_store_on_a_claim_for_one_replica_only() -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode != 0 and "one replica only" in r.stderr
+
+
+def test_task_adapters_from_a_claim_every_replica_mounts() -> None:
+    docs = render(*ALL_ON)
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    adapters = claims["rel-ascend-llm-gateway-adapters"]
+    assert adapters["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "adapters")
+    assert volume["persistentVolumeClaim"]["claimName"] == "rel-ascend-llm-gateway-adapters"
+    gw = container(docs)
+    mount = next(m for m in gw["volumeMounts"] if m["name"] == "adapters")
+    assert mount["mountPath"] == "/adapters" and not mount.get("readOnly")  # admin loads write
+    admin = next(e for e in gw["env"] if e["name"] == "GATEWAY_ADMIN_KEYS")
+    assert admin["valueFrom"]["secretKeyRef"]["name"] == "gateway-admins"
+    filler = next(c for c in pod["initContainers"] if c["name"] == "fetch-adapters")
+    assert filler["image"] == "registry.example.com/fetch-adapters:1"
+    assert {"name": "MODEL_DIR", "value": "/adapters"} in filler["env"]
+    config = next(
+        d["data"] for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-ascend-llm-gateway"
+    )  # fmt: skip
+    assert config["GATEWAY_LORA_DIR"] == "/adapters"
+    assert (config["GATEWAY_MAX_LORAS"], config["GATEWAY_MAX_LORA_RANK"]) == ("4", "16")
+    # Off by default: no LoRA settings, no volume (an engine without LoRA).
+    docs = render()
+    assert not any(k.startswith("GATEWAY_LORA") for k in kind(docs, "ConfigMap")["data"])
+    pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if v["name"] == "adapters"]
+    # A ReadWriteOnce claim cannot serve two replicas: refused at render.
+    r = subprocess.run(
+        [str(HELM), "template", "rel", str(CHART), "--set", "adapters.enabled=true",
+         "--set", "adapters.existingClaim.accessMode=ReadWriteOnce", "--set", "replicaCount=2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode != 0 and "ReadWriteMany" in r.stderr
