@@ -149,3 +149,19 @@ def test_compose_file_matches_the_compose_spec() -> None:
         assert grace > int(svc["environment"]["GATEWAY_DRAIN_TIMEOUT"])
     for name in ("prometheus", "grafana"):
         assert set(compose["services"][name]["profiles"]) == {"npu", "cpu"}
+
+
+def test_compose_adapters_override_matches_the_compose_spec() -> None:
+    path = DEPLOY / "compose.adapters.yaml"
+    r = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "check-jsonschema"), "--builtin-schema",
+         "vendor.compose-spec", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    services = yaml.safe_load(path.read_text())["services"]
+    assert set(services) == {"gateway-npu", "gateway-cpu"}  # layered over compose.yaml's
+    for svc in services.values():
+        assert svc["environment"]["GATEWAY_LORA_DIR"] == "/adapters"
+        (volume,) = svc["volumes"]
+        assert volume.endswith(":/adapters")  # read-write: the admin endpoint writes there
