@@ -54,15 +54,12 @@ class AdapterSettings(BaseSettings):
     @field_validator("lora_modules", mode="before")
     @classmethod
     def _pairs(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if text.startswith("{"):
-            return json.loads(text)
-        pairs = [p.strip() for p in text.split(",") if p.strip()]
-        if any("=" not in p for p in pairs):
-            raise ValueError("give name=path pairs (comma-separated) or a JSON object")
-        return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        if isinstance(value, str) and not value.lstrip().startswith("{"):
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("give name=path pairs (comma-separated) or a JSON object")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return json.loads(value) if isinstance(value, str) else value
 
     @property
     def lora_enabled(self) -> bool:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from app.adapters.check import ModelShape
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / ".cache"
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "tiny-mobilellama"
@@ -38,31 +40,14 @@ ADAPTERS: dict[str, tuple[str, int, int, list[str], int]] = {
 }
 
 
-def module_shapes(config: dict[str, Any], width: int = 1) -> dict[str, tuple[int, int]]:
-    """(in, out) of each LoRA-capable linear layer of a LLaMA."""
-    h = config["hidden_size"] * width
-    hd = config.get("head_dim") or h // config["num_attention_heads"]
-    q = config["num_attention_heads"] * hd
-    kv = config["num_key_value_heads"] * hd
-    inter = config["intermediate_size"]
-    return {
-        "q_proj": (h, q),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (q, h),
-        "gate_proj": (h, inter),
-        "up_proj": (h, inter),
-        "down_proj": (inter, h),
-    }
-
-
 def lora_tensors(
     config: dict[str, Any], seed: int, rank: int, targets: list[str], width: int
 ) -> dict[str, np.ndarray]:
     """lora_A (rank, in) and lora_B (out, rank) per layer and target, fp16:
     large enough that the adapter visibly changes greedy output."""
     rng = np.random.Generator(np.random.PCG64(seed))
-    shapes = module_shapes(config, width)
+    wide = {**config, "hidden_size": config["hidden_size"] * width}
+    shapes = ModelShape.from_config(wide).modules  # (in, out), as the gateway checks them
     out: dict[str, np.ndarray] = {}
     for layer in range(config["num_hidden_layers"]):
         for target in targets:

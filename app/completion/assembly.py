@@ -40,8 +40,8 @@ def build_service(
     )
     metrics.watch_admission(lambda: admission.running, lambda: admission.queued)
     tokenizer = AsyncTokenizer(engine.tokenizer)
-    adapters = build_adapters(settings, engine, metrics.registry)
-    preparer = Preparer(engine, settings, tokenizer, metrics, adapters)
+    preparer = Preparer(engine, settings, tokenizer, metrics)
+    preparer.catalog.adapters = build_adapters(settings, engine, metrics.registry)
     tok = engine.tokenizer
     template = ChatTemplate(
         load_source(settings.chat_template, tok),

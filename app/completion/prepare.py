@@ -9,7 +9,6 @@ import hmac
 import os
 import time
 
-from app.adapters.registry import Adapters
 from app.completion.catalog import Catalog
 from app.completion.constraints import request_constraint
 from app.completion.context_limit import check_max_tokens, fit_prompt
@@ -26,12 +25,7 @@ from app.tenancy.tenants import Tenant
 
 class Preparer:
     def __init__(
-        self,
-        engine: Engine,
-        settings: Settings,
-        tokenizer: AsyncTokenizer,
-        metrics: Metrics,
-        adapters: Adapters | None = None,
+        self, engine: Engine, settings: Settings, tokenizer: AsyncTokenizer, metrics: Metrics
     ):
         self.engine = engine
         self.settings = settings
@@ -39,7 +33,7 @@ class Preparer:
         self.metrics = metrics
         first, *aliases = settings.model_names
         self.model = ServedModel(first, engine.max_model_len, engine.vocab_size, tuple(aliases))
-        self.catalog = Catalog(self.model, adapters)
+        self.catalog = Catalog(self.model)  # its adapters: set by app.completion.assembly
         # Per process: salts are only compared within this engine's cache.
         self._salt_key = os.urandom(32)
 

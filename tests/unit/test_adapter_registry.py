@@ -236,3 +236,25 @@ def test_tenant_model_globs(tmp_path: Path) -> None:
         }
 
     asyncio.run(run())
+
+
+def test_lora_settings_and_engine_arguments(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    from app.engine.profiles import engine_kwargs
+
+    s = Settings(lora_modules="a=/x, b=/y")
+    assert s.lora_modules == {"a": Path("/x"), "b": Path("/y")} and s.lora_enabled
+    assert Settings(lora_modules='{"a": "/x"}').lora_modules == {"a": Path("/x")}
+    with pytest.raises(ValidationError):
+        Settings(lora_modules="a")
+    off = engine_kwargs(Settings(), "cpu")
+    assert "enable_lora" not in off and "max_loras" not in off  # no adapters: no LoRA at all
+    on = engine_kwargs(Settings(lora_dir=tmp_path, max_loras=2), "npu")
+    # One slot more than configured: the base guard's zero adapter.
+    assert (on["enable_lora"], on["max_loras"], on["max_cpu_loras"], on["max_lora_rank"]) == (
+        True, 3, 9, 16,
+    )  # fmt: skip
+    bare = engine_kwargs(Settings(lora_dir=tmp_path, lora_base_guard=False), "cpu")
+    assert (bare["max_loras"], bare["max_cpu_loras"]) == (4, 8)

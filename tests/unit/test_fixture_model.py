@@ -56,3 +56,20 @@ def test_build_is_byte_identical(tmp_path: Path, model_dir: Path) -> None:
         a = (tmp_path / "a" / name).read_bytes()
         assert a == (tmp_path / "b" / name).read_bytes(), name
         assert a == (model_dir / name).read_bytes(), name
+
+
+def test_fixture_adapters_are_byte_identical_on_rebuild(tmp_path: Path, model_dir: Path) -> None:
+    for name in ("a", "b"):
+        subprocess.run(
+            [sys.executable, "scripts/build_adapters.py", "--out", str(tmp_path / name),
+             "--model", str(model_dir)],
+            check=True, cwd=ROOT, capture_output=True,
+        )  # fmt: skip
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert len(files) == 9  # 4 adapters x 2 files, and the manifest
+    for rel in files:
+        a = (tmp_path / "a" / rel).read_bytes()
+        assert a == (tmp_path / "b" / rel).read_bytes(), rel
+        assert a == (ROOT / ".cache" / rel).read_bytes(), rel

@@ -1,0 +1,1 @@
+"""Setup and maintenance scripts (run as files: python scripts/<name>.py)."""
