@@ -61,7 +61,7 @@ from app.engine.protocol import (
     refusal,
 )
 from app.engine.vllm_stats import PrometheusLogger, StepLogger
-from app.engine.zero_lora import write_zero_adapter
+from app.engine.zero_lora import BaseGuard, write_zero_adapter
 from app.errors import EngineFailure, Unavailable
 from app.observability.metrics import EngineStep
 
@@ -98,10 +98,12 @@ class VllmEngine:
     ):
         self._llm = llm
         self._reaper = reaper
-        # Base requests through the zero adapter (app.engine.zero_lora),
-        # from the first adapter on; a directory for its files when guarded.
+        # Base requests through the zero adapter while adapter requests run
+        # (app.engine.zero_lora), from the first adapter on; base_guard: a
+        # directory for its files, None when the guard is off.
         self._base_guard = base_guard
         self._base_lora: LoRARequest | None = None
+        self._guard: BaseGuard | None = None
         self._device = device
         self._engine_args = engine_args or {}
         self._versions = package_versions()
@@ -148,15 +150,22 @@ class VllmEngine:
                 extra["priority"] = priority
             if trace_headers:
                 extra["trace_headers"] = trace_headers
+            guard, guarded = self._guard, False  # guard: once adapters are loaded
             if adapter is not None:
                 extra["lora_request"] = LoRARequest(adapter.name, adapter.id, adapter.path)
-            elif self._base_lora is not None:
+                if guard is not None:
+                    await guard.adapter()  # unguarded base requests end first
+            elif guard is not None and (guarded := guard.base()):
                 extra["lora_request"] = self._base_lora
-            stream = self._llm.generate(prompt, params, request_id, **extra)
-            # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
-            async with aclosing(stream):
-                async for output in stream:
-                    yield cast(RequestOutput, output)
+            try:
+                stream = self._llm.generate(prompt, params, request_id, **extra)
+                # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
+                async with aclosing(stream):
+                    async for output in stream:
+                        yield cast(RequestOutput, output)
+            finally:
+                if guard is not None:
+                    guard.adapter_done() if adapter is not None else guard.base_done(guarded)
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
         except _CLIENT_ERRORS as exc:
@@ -177,7 +186,7 @@ class VllmEngine:
                 # adapters, and a pinned one left too few slots (KeyError in
                 # the worker, the engine dead: measured with 8 adapters).
                 await self._llm.add_lora(base)
-                self._base_lora = base
+                self._base_lora, self._guard = base, BaseGuard()
             await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc

@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,3 +416,46 @@ def test_adapter_metrics_and_the_engines_lora_info_when_idle(served: Served) -> 
     }
     assert max(infos, key=lambda k: infos[k]) == ""
     assert {dict(lb)["max_lora"] for (n, lb) in after if n == "vllm:lora_requests_info"} == {"2"}
+
+
+def test_base_streams_running_when_adapter_requests_arrive(served: Served) -> None:
+    # Base-only traffic runs without the zero adapter (no LoRA kernels); an
+    # adapter request arriving then waits for those streams to end, so that
+    # no batch holds both (on vLLM's CPU ops, the base streams would
+    # otherwise run through the last slot's adapter from that step on).
+    kw: dict[str, Any] = {"max_tokens": 96, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    prompts = [f"Base story {i}:" for i in range(4)]
+    c = served.client()
+    alone = {
+        p: c.completions.create(model=MODEL_NAME, prompt=p, **kw).choices[0].text for p in prompts
+    }
+    for name in ("extract@1", "classify", "tagger"):  # every device slot taken
+        greedy(c, name)
+    time.sleep(11)  # past the guard's linger (10 s): base-only traffic again
+
+    async def run() -> tuple[list[str], list[tuple[str, str]]]:
+        ac = served.aclient()
+        first = asyncio.Event()
+
+        async def base(p: str) -> str:
+            s = await ac.completions.create(model=MODEL_NAME, prompt=p, stream=True, **kw)
+            text = ""
+            async for ch in s:
+                if ch.choices:
+                    first.set()
+                    text += ch.choices[0].text
+            return text
+
+        async def adapter(name: str) -> tuple[str, str]:
+            r = await ac.completions.create(model=name, prompt=PROMPT, max_tokens=12, temperature=0)
+            return name, r.choices[0].text
+
+        streams = [asyncio.ensure_future(base(p)) for p in prompts]
+        await first.wait()
+        adapters = await asyncio.gather(*(adapter(n) for n in ("extract@1", "classify", "tagger")))
+        return await asyncio.gather(*streams), adapters
+
+    texts, adapters = asyncio.run(run())
+    assert texts == [alone[p] for p in prompts]
+    for name, text in adapters:
+        assert text == greedy(c, name).choices[0].text, name
