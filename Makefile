@@ -83,6 +83,7 @@ bench: setup
 	$(PY) -m bench.tenants --out bench/results/tenants-$$(date +%F).json
 	$(PY) -m bench.tracing --out bench/results/tracing-$$(date +%F).json
 	$(PY) -m bench.batches --out bench/results/batches-$$(date +%F).json
+	$(PY) -m bench.adapters --out bench/results/adapters-$$(date +%F).json
 
 # The seed model card's tables against any running gateway.
 URL ?= http://127.0.0.1:8000

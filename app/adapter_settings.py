@@ -40,10 +40,11 @@ class AdapterSettings(BaseSettings):
     )
     lora_base_guard: bool = Field(
         True,
-        description="Run base-model requests through a all-zero adapter while "
-        "adapters are served, so that an engine whose LoRA kernels read a base request "
-        "as the last adapter slot (vLLM's CPU ops, measured) cannot mix their outputs; "
-        "it takes one more device and host slot.",
+        description="While adapter requests are in the engine, run base-model requests "
+        "through an all-zero adapter (and let an adapter request wait for base requests "
+        "running without it), so that an engine whose LoRA kernels read a base request as "
+        "the last adapter slot (vLLM's CPU ops, measured) cannot mix their outputs; it "
+        "takes one more device and host slot.",
     )
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 from safetensors.numpy import save_file
 
+from app.engine.zero_lora import LINGER
 from bench.run import MODEL, NAME, measured
 from bench.servers import Server, gateway, vllm_server
 from scripts.build_adapters import adapter_config, lora_tensors
@@ -117,6 +118,11 @@ def main() -> None:
                 for scenario, modules in SCENARIOS.items():
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))
                     for name in order:
+                        if not modules:
+                            # Steady base-only traffic: past the zero adapter's linger
+                            # after the adapter traffic before it (its cost in that
+                            # window is measured apart: bench/README.md).
+                            time.sleep(LINGER + 1)
                         m = measured(
                             servers[name],
                             args.concurrency,
