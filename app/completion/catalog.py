@@ -36,10 +36,21 @@ class Catalog:
         elif self.adapters is not None and (adapter := self.adapters.find(requested)):
             name = adapter.name
         else:
-            raise ModelNotFound(NOT_FOUND, param="model")
+            raise self._not_found(tenant)
         if tenant is not None and not tenant.may_use(requested or name, name):
-            raise ModelNotFound(NOT_FOUND, param="model")
+            raise self._not_found(tenant)
         return name, adapter
+
+    def _not_found(self, tenant: Tenant | None) -> ModelNotFound:
+        """A caller who may use every model is told the served names; one
+        limited to some learns nothing it could probe with."""
+        if tenant is not None and tenant.models is not None:
+            return ModelNotFound(NOT_FOUND, param="model")
+        served = ", ".join(f"'{n}'" for n in self.model.names)
+        more = " and its task adapters (GET /v1/models)" if self.adapters is not None else ""
+        return ModelNotFound(
+            f"The model does not exist; this gateway serves {served}{more}.", param="model"
+        )
 
     def listing(self, tenant: Tenant | None) -> list[Listed]:
         base = self.model.name

@@ -221,11 +221,14 @@ def test_tenant_model_globs(tmp_path: Path) -> None:
         assert catalog.resolve("extract", x) == ("extract@1", adapters.find("extract"))
         assert catalog.resolve(None, everyone)[0] == "m"
         errors = []
-        for model, tenant in (("classify", x), ("m", x), (None, x), ("nope", everyone)):
+        for model in ("classify", "m", None, "nope"):
             with pytest.raises(ModelNotFound) as err:
-                catalog.resolve(model, tenant)
+                catalog.resolve(model, x)
             errors.append(err.value.body())
         assert all(e == errors[0] for e in errors)  # forbidden looks like unknown
+        assert "'m'" not in str(errors[0])
+        with pytest.raises(ModelNotFound, match="serves 'm' and its task adapters"):
+            catalog.resolve("nope", everyone)  # a caller who may use all is told the names
         assert [e.id for e in catalog.listing(x)] == ["extract@1", "extract"]
         assert [e.id for e in catalog.listing(ops)] == ["m"]
         assert {e.id for e in catalog.listing(everyone)} == {
