@@ -35,6 +35,7 @@ def run(error: Exception) -> GatewayError:
     engine = object.__new__(VllmEngine)  # the adapter around a stand-in engine
     engine._llm = Raises(error)  # type: ignore[assignment]
     engine._by_priority = False
+    engine._guard = None  # no adapters loaded
 
     async def consume() -> None:
         async for _ in engine.generate([1, 2], SamplingOptions(max_tokens=1), "req-7"):
