@@ -23,13 +23,17 @@ class Listed:
     parent: str | None
 
 
+# What a model id resolves to: the name answers carry, and the adapter (None: the base model).
+Target = tuple[str, Adapter | None]
+
+
 @dataclass
 class Catalog:
     model: ServedModel
     adapters: Adapters | None = None
 
-    def resolve(self, requested: str | None, tenant: Tenant | None) -> tuple[str, Adapter | None]:
-        """(the name answers carry, the adapter or None for the base model)."""
+    def resolve(self, requested: str | None, tenant: Tenant | None) -> Target:
+        """The id's target, or a 404."""
         adapter = None
         if requested is None or requested in self.model.names:
             name = self.model.name

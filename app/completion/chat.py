@@ -69,7 +69,7 @@ class ChatPreparer:
     ) -> PreparedCompletion:
         arrival = time.monotonic()
         preparer = self.preparer
-        preparer.catalog.resolve(req.model, tenant)  # 404 before any work
+        target = preparer.catalog.resolve(req.model, tenant)  # 404 before any work
         for name, what in _UNSUPPORTED.items():
             if getattr(req, name) is not None:
                 raise InvalidRequest(f"{name}: {what} is not supported by this model.", param=name)
@@ -104,5 +104,6 @@ class ChatPreparer:
             echo=False,
             logprobs=k,
             tenant=tenant,
+            target=target,
             dropped_messages=dropped_messages,
         )

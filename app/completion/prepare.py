@@ -9,7 +9,7 @@ import hmac
 import os
 import time
 
-from app.completion.catalog import Catalog
+from app.completion.catalog import Catalog, Target
 from app.completion.constraints import request_constraint
 from app.completion.context_limit import check_max_tokens, fit_prompt
 from app.completion.prepared import PreparedCompletion, PreparedPrompt, ServedModel
@@ -54,13 +54,12 @@ class Preparer:
         self, req: CompletionRequest, tenant: Tenant | None = None
     ) -> PreparedCompletion:
         arrival = time.monotonic()
-        self.catalog.resolve(req.model, tenant)  # 404 before any work
+        target = self.catalog.resolve(req.model, tenant)  # 404 before any work
         if req.suffix is not None:
             raise InvalidRequest("suffix is not supported by this model.", param="suffix")
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        # Scoring (lm-eval's loglikelihood): the prompt and its logprobs back,
-        # nothing generated. The engine still runs one step (as vLLM's own
-        # server does), whose token the answer leaves out.
+        # Scoring (lm-eval's loglikelihood): the prompt and its logprobs back, nothing
+        # generated; the engine's one step (as vLLM's server runs) is left out.
         echo_only = max_tokens == 0
         if echo_only and not req.echo:
             raise InvalidRequest(
@@ -120,6 +119,7 @@ class Preparer:
             echo=req.echo,
             logprobs=req.logprobs,
             tenant=tenant,
+            target=target,
             tokens_as_ids=req.return_tokens_as_token_ids,
             echo_only=echo_only,
         )
@@ -134,6 +134,7 @@ class Preparer:
         echo: bool,
         logprobs: int | None,
         tenant: Tenant | None,
+        target: Target,
         tokens_as_ids: bool = False,
         dropped_messages: int | None = None,
         echo_only: bool = False,
@@ -141,7 +142,7 @@ class Preparer:
         """The one builder of a prepared completion, for text and chat
         (`dropped_messages` is chat's); truncation is counted here."""
         chat = dropped_messages is not None
-        model, adapter = self.catalog.resolve(req.model, tenant)
+        model, adapter = target
         prep = PreparedCompletion(
             request_id=f"{'chatcmpl' if chat else 'cmpl'}-{new_id()}",
             created=int(time.time()),

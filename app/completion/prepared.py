@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from app.adapters.registry import Adapter
 from app.engine.protocol import SamplingOptions
-from app.errors import InvalidRequest, ModelNotFound
+from app.errors import InvalidRequest
 from app.observability.record import RequestRecord
 
 TRUNCATED_HEADER = "x-truncated-prompt-tokens"
@@ -89,12 +89,4 @@ class ServedModel:
         if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
             raise InvalidRequest(
                 f"Token ids must be in [0, {self.vocab_size}), the vocabulary.", param=param
-            )
-
-    def check(self, model: str | None) -> None:
-        """404 for any model id but ours (None: the client did not say)."""
-        if model is not None and model != self.name and model not in self.aliases:
-            served = ", ".join(f"'{n}'" for n in self.names)
-            raise ModelNotFound(
-                f"The model does not exist; this gateway serves {served}.", param="model"
             )
