@@ -90,6 +90,15 @@ class ResourceNotFound(GatewayError):
     reason = "not_found"
 
 
+class Conflict(GatewayError):
+    """The resource is being changed by another call right now; try again."""
+
+    status = HTTPStatus.CONFLICT
+    type = "invalid_request_error"
+    code = "conflict"
+    reason = "conflict"
+
+
 class RouteNotFound(GatewayError):
     status = HTTPStatus.NOT_FOUND
     type = "invalid_request_error"

@@ -10,19 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import struct
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import Any
 
+import safetensors
+
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
+_DTYPES = {"F64", "F32", "F16", "BF16"}  # what vLLM loads LoRA weights as
 _TENSOR = re.compile(
-    r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$"
+    r"base_model\.model\.model\.layers\.(\d{1,6})\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight"
 )
 _MAX_HEADER = 16 * 2**20
+_MAX_CONFIG = 2**20
+MAX_WEIGHTS = 8 * 2**30  # without a model's shape to bound it (ModelShape.weights_limit)
 
 
 class AdapterRefused(ValueError):
@@ -67,6 +71,12 @@ class ModelShape:
         arch = (config.get("architectures") or ["?"])[0]
         return cls(arch, int(config["num_hidden_layers"]), modules, slices)
 
+    def weights_limit(self, max_rank: int) -> int:
+        """The largest weights file an adapter of this model can be: every
+        module at `max_rank` in 8-byte floats, and the largest header."""
+        per_layer = sum(fan_in + fan_out for fan_in, fan_out in self.modules.values())
+        return per_layer * max_rank * self.layers * 8 + 8 + _MAX_HEADER
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterSpec:
@@ -75,9 +85,11 @@ class AdapterSpec:
     digest: str  # sha256 of both files: what the adapter is
 
 
-def read(path: Path) -> tuple[bytes, bytes]:
-    """An adapter directory's two files (what is checked is what is served)."""
-    return _read(path / CONFIG), _read(path / WEIGHTS)
+def read(path: Path, limit: int = MAX_WEIGHTS) -> tuple[bytes, bytes]:
+    """An adapter directory's two files (what is checked is what is served),
+    each looked at before it is read: a regular file, at most `limit` bytes
+    (a FIFO, a device or a huge file is a refusal, not a read that never ends)."""
+    return _read(path / CONFIG, _MAX_CONFIG), _read(path / WEIGHTS, limit)
 
 
 def inspect(
@@ -87,7 +99,7 @@ def inspect(
     config_bytes, weights = files
     try:
         config = json.loads(config_bytes)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AdapterRefused(f"{CONFIG} is not JSON", "config") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise AdapterRefused(f"{CONFIG}: peft_type is not LORA", "config")
@@ -118,54 +130,72 @@ def inspect(
                     "Ascend LoRA kernel needs the rank at most every slice's width",
                     "ascend_slice",
                 )
-    _check_tensors(_header(weights), len(weights), model, rank, set(targets))
+    _check_tensors(_tensors(weights), model, rank, set(targets))
     digest = hashlib.sha256(config_bytes + b"\0" + weights).hexdigest()
     return AdapterSpec(rank, tuple(sorted(targets)), digest)
 
 
-def _read(file: Path) -> bytes:
+def _read(file: Path, limit: int) -> bytes:
     try:
-        return file.read_bytes()
+        st = file.stat()  # follows a symlink: what would be read
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterRefused(f"{file.name} is not a regular file", "format")
+        if st.st_size > limit:
+            raise AdapterRefused(f"{file.name} is larger than {limit} bytes", "format")
+        with open(file, "rb") as f:
+            data = f.read(limit + 1)  # a file that grew since: still bounded
     except FileNotFoundError:
         raise AdapterRefused(f"{file.name} is missing", "missing") from None
     except OSError as exc:
         raise AdapterRefused(f"{file.name} cannot be read ({exc.strerror})", "missing") from None
+    if len(data) > limit:
+        raise AdapterRefused(f"{file.name} is larger than {limit} bytes", "format")
+    return data
 
 
-def _header(data: bytes) -> tuple[dict[str, Any], int]:
-    """The safetensors header and where the data starts."""
+def _tensors(data: bytes) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype, shape) of each tensor, as the safetensors library reads
+    the file (offsets, overlaps, sizes and the file's length are its checks)."""
     if len(data) < 8:
         raise AdapterRefused(f"{WEIGHTS} is not safetensors (too short)", "format")
     (size,) = struct.unpack("<Q", data[:8])
-    if size > min(_MAX_HEADER, len(data) - 8):
-        raise AdapterRefused(f"{WEIGHTS} is not safetensors, or is truncated", "format")
+    if size > _MAX_HEADER:
+        raise AdapterRefused(f"{WEIGHTS} is not safetensors (header too large)", "format")
+    try:
+        tensors = safetensors.deserialize(data)  # type: ignore[no-untyped-call]
+        return [(name, t["dtype"], list(t["shape"])) for name, t in tensors]
+    except Exception as exc:  # SafetensorError, or anything its binding raises
+        if _short(data, size):
+            raise AdapterRefused(f"{WEIGHTS} is truncated", "truncated") from None
+        why = str(exc).removeprefix("Error while deserializing: ").split("\n")[0][:120]
+        raise AdapterRefused(f"{WEIGHTS} is not safetensors ({why})", "format") from None
+
+
+def _short(data: bytes, size: int) -> bool:
+    """Whether a refused file is a good one cut short: its header whole and
+    its tensors' offsets reaching past its end (otherwise it is malformed)."""
+    if 8 + size > len(data):
+        return False
     try:
         header = json.loads(data[8 : 8 + size])
-    except ValueError:
-        raise AdapterRefused(f"{WEIGHTS} is not safetensors (bad header)", "format") from None
-    if not isinstance(header, dict):
-        raise AdapterRefused(f"{WEIGHTS} is not safetensors (bad header)", "format")
-    return header, 8 + size
+        ends = [t["data_offsets"][1] for n, t in header.items() if n != "__metadata__"]
+        return (
+            bool(ends)
+            and all(isinstance(e, int) for e in ends)
+            and max(ends) > len(data) - 8 - size
+        )
+    except Exception:
+        return False
 
 
 def _check_tensors(
-    parsed: tuple[dict[str, Any], int], length: int, model: ModelShape, rank: int, targets: set[str]
+    tensors: list[tuple[str, str, list[int]]], model: ModelShape, rank: int, targets: set[str]
 ) -> None:
-    header, start = parsed
-    end = start
-    seen = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (a, b) = info["dtype"], list(info["shape"]), info["data_offsets"]
-            width = _DTYPE_BYTES[dtype]
-        except (KeyError, TypeError, ValueError):
-            raise AdapterRefused(f"{WEIGHTS}: tensor {name[:80]} is malformed", "format") from None
-        if b - a != prod(shape) * width or a < 0:
-            raise AdapterRefused(f"{WEIGHTS}: tensor {name[:80]} has the wrong size", "format")
-        end = max(end, start + b)
-        match = _TENSOR.match(name)
+    pairs: dict[tuple[int, str], set[str]] = {}
+    for name, dtype, shape in tensors:
+        if dtype not in _DTYPES:
+            raise AdapterRefused(f"{WEIGHTS}: tensor {name[:80]} is {dtype[:16]}", "format")
+        match = _TENSOR.fullmatch(name)
         if match is None:
             raise AdapterRefused(
                 f"tensor {name[:80]} is not a LoRA weight of a LLaMA layer", "target"
@@ -183,10 +213,13 @@ def _check_tensors(
                 f"{model.architecture} needs {want}",
                 "shape",
             )
-        seen += 1
-    if seen == 0:
+        pairs.setdefault((layer, module), set()).add(which)
+    if not pairs:
         raise AdapterRefused(f"{WEIGHTS} holds no LoRA weights", "format")
-    if end > length:
-        raise AdapterRefused(f"{WEIGHTS} is truncated ({length} of {end} bytes)", "truncated")
-    if end != length:
-        raise AdapterRefused(f"{WEIGHTS} has {length - end} bytes after its tensors", "format")
+    for (layer, module), have in sorted(pairs.items()):
+        if have != {"A", "B"}:
+            lacking = "B" if "A" in have else "A"
+            raise AdapterRefused(
+                f"layers.{layer}.{module} has no lora_{lacking} beside its lora_{min(have)}",
+                "format",
+            )

@@ -16,13 +16,13 @@ from pathlib import Path
 from app.adapters.check import CONFIG, WEIGHTS
 
 # `name` or `name@N` (version N of name).
-NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:@([0-9]{1,9}))?$")
+NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:@([0-9]{1,9}))?")  # whole names only
 UNLOADED = ".unloaded"  # where an adapter the admin unloaded is moved to
 
 
 def split_name(name: str) -> tuple[str, int | None] | None:
     """(family, version) of a valid adapter name, else None."""
-    match = NAME.match(name)
+    match = NAME.fullmatch(name)
     if match is None:
         return None
     return match[1], int(match[2]) if match[2] is not None else None
@@ -80,6 +80,11 @@ def persist(lora_dir: Path, name: str, files: tuple[bytes, bytes]) -> bool:
         return False
     _write_dir(target, files)
     return True
+
+
+def remove(lora_dir: Path, name: str) -> None:
+    """Take back an adapter `persist` wrote that the engine then refused."""
+    shutil.rmtree(lora_dir / name, ignore_errors=True)
 
 
 def withdraw(lora_dir: Path, name: str) -> None:

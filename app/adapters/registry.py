@@ -84,6 +84,7 @@ class Adapters:
     by_name: dict[str, Adapter] = field(default_factory=dict)
     aliases: dict[str, Adapter] = field(default_factory=dict)
     draining: set[Adapter] = field(default_factory=set)
+    changing: set[str] = field(default_factory=set)  # names an admin call is loading or unloading
     _refused: dict[str, tuple[object, str]] = field(default_factory=dict)
     _next_id: int = 1
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -130,35 +131,53 @@ class Adapters:
         task.add_done_callback(self._tasks.discard)
 
     def _look(self) -> tuple[dict[str, Adapter], dict[str, tuple[object, AdapterRefused]]]:
-        """Every adapter the registry names, read and checked where it changed (a thread)."""
-        sources = listing(self.lora_dir)
-        sources.update(self.modules)
+        """Every adapter the registry names, read and checked where it changed
+        (a thread). Whatever goes wrong with one directory is its refusal,
+        never the look's: the others serve."""
         found: dict[str, Adapter] = {}
         refused: dict[str, tuple[object, AdapterRefused]] = {}
-        for name, path in sources.items():
-            seen = fingerprint(path)
-            old = self.by_name.get(name)
-            if old is not None and old.source == path and seen is not None and old.seen == seen:
-                found[name] = old
-                continue
-            parts = split_name(name)
-            try:
-                if parts is None:
-                    raise AdapterRefused("not a valid adapter name (name or name@N)", "name")
-                files = read(path)
-                spec = inspect(files, self.shape, self.max_rank, self.ascend)
-            except AdapterRefused as exc:
-                refused[name] = (seen, exc)
-                continue
-            if old is not None and old.spec.digest == spec.digest:
-                old.seen, old.source = seen, path
-                found[name] = old
-                continue
-            copy = self.staging.put(f"{self._next_id}-{spec.digest[:16]}", files)
-            ref = AdapterRef(name, self._next_id, str(copy))
-            self._next_id += 1
-            found[name] = Adapter(name, parts[0], parts[1], ref, spec, path, seen, self)
+        made: list[Path] = []  # copies of this look, removed if it fails as a whole
+        try:
+            sources = listing(self.lora_dir)
+            sources.update(self.modules)
+            for name, path in sources.items():
+                seen = fingerprint(path)
+                try:
+                    adapter = self._look_at(name, path, seen, made)
+                except AdapterRefused as exc:
+                    refused[name] = (seen, exc)
+                    continue
+                except Exception as exc:  # a bug's or the disk's: still only this one
+                    logger.exception("adapter %s could not be checked", name[:80])
+                    why = f"it could not be checked ({type(exc).__name__})"
+                    refused[name] = (seen, AdapterRefused(why, "unreadable"))
+                    continue
+                found[name] = adapter
+        except BaseException:
+            for copy in made:
+                self.staging.drop(copy)
+            raise
         return found, refused
+
+    def _look_at(
+        self, name: str, path: Path, seen: tuple[int, int, int, int] | None, made: list[Path]
+    ) -> Adapter:
+        old = self.by_name.get(name)
+        if old is not None and old.source == path and seen is not None and old.seen == seen:
+            return old
+        parts = split_name(name)
+        if parts is None:
+            raise AdapterRefused("not a valid adapter name (name or name@N)", "name")
+        files = read(path, self.shape.weights_limit(self.max_rank))
+        spec = inspect(files, self.shape, self.max_rank, self.ascend)
+        if old is not None and old.spec.digest == spec.digest:
+            old.seen, old.source = seen, path
+            return old
+        copy = self.staging.put(f"{self._next_id}-{spec.digest[:16]}", files)
+        made.append(copy)
+        ref = AdapterRef(name, self._next_id, str(copy))
+        self._next_id += 1
+        return Adapter(name, parts[0], parts[1], ref, spec, path, seen, self)
 
     async def _load(self, adapter: Adapter, why: str) -> bool:
         started = time.monotonic()

@@ -73,7 +73,10 @@ class Supervisor:
             service = self._pipeline = self._assemble(engine)
             lc.enter(Phase.WARMING)
             if service.adapters is not None:  # a restart serves the same adapters at once
-                await service.adapters.rescan("startup")
+                try:
+                    await service.adapters.rescan("startup")
+                except Exception:  # the base model serves; the next look tries again
+                    logger.exception("adapter rescan at startup failed")
             await warm_up(engine, self.settings.warmup)
             freeze_startup_heap()
             self.service = service

@@ -12,7 +12,7 @@ from app.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 REFUSAL_REASONS = (
     "missing", "format", "truncated", "config", "target", "shape", "rank", "ascend_slice",
-    "name", "engine",
+    "name", "engine", "unreadable",
 )  # fmt: skip
 
 
