@@ -46,6 +46,13 @@ class AdapterSettings(BaseSettings):
         "the last adapter slot (vLLM's CPU ops, measured) cannot mix their outputs; it "
         "takes one more device and host slot.",
     )
+    lora_base_guard_linger: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds base-model requests keep the zero adapter after the last "
+        "adapter request ends (no flapping between adapter requests); base requests stay "
+        "guarded while a guarded one is still in the engine.",
+    )
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Keys that may call the admin endpoints (load/unload adapters): one, "

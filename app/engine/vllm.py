@@ -95,6 +95,7 @@ class VllmEngine:
         engine_args: dict[str, Any] | None = None,
         reaper: Reaper | None = None,
         base_guard: Path | None = None,
+        guard_linger: float = zero_lora.LINGER,
     ):
         self._llm = llm
         self._reaper = reaper
@@ -102,6 +103,7 @@ class VllmEngine:
         # (app.engine.zero_lora), from the first adapter on; base_guard: a
         # directory for its files, None when the guard is off.
         self._base_guard = base_guard
+        self._guard_linger = guard_linger
         self._base_lora: LoRARequest | None = None
         self._guard: BaseGuard | None = None
         self._device = device
@@ -150,22 +152,45 @@ class VllmEngine:
                 extra["priority"] = priority
             if trace_headers:
                 extra["trace_headers"] = trace_headers
-            guard, guarded = self._guard, False  # guard: once adapters are loaded
             if adapter is not None:
                 extra["lora_request"] = LoRARequest(adapter.name, adapter.id, adapter.path)
-                if guard is not None:
-                    await guard.adapter()  # unguarded base requests end first
-            elif guard is not None and (guarded := guard.base()):
-                extra["lora_request"] = self._base_lora
-            try:
+            guard, guarded = self._guard, False  # guard: once adapters are loaded
+            if guard is None:
                 stream = self._llm.generate(prompt, params, request_id, **extra)
                 # Closing it aborts the engine request (AsyncLLM.generate does on GeneratorExit).
                 async with aclosing(stream):
                     async for output in stream:
                         yield cast(RequestOutput, output)
+                return
+            if adapter is not None:
+                await guard.adapter()  # unguarded base requests end first
+            elif guarded := guard.base(request_id):
+                extra["lora_request"] = self._base_lora
+            # Counted out at the engine's end of the request (its finished
+            # output), not when the reader lets go; the finally is for aborts.
+            held = True
+
+            def done() -> None:
+                nonlocal held
+                if held:
+                    held = False
+                    guard.adapter_done() if adapter is not None else guard.base_done(
+                        request_id, guarded
+                    )
+
+            try:
+                stream = self._llm.generate(prompt, params, request_id, **extra)
+                async with aclosing(stream):
+                    first = True
+                    async for output in stream:
+                        if output.finished:
+                            done()
+                        elif first and adapter is None:
+                            guard.produced(request_id, guarded)
+                        first = False
+                        yield cast(RequestOutput, output)
             finally:
-                if guard is not None:
-                    guard.adapter_done() if adapter is not None else guard.base_done(guarded)
+                done()
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
         except _CLIENT_ERRORS as exc:
@@ -173,6 +198,13 @@ class VllmEngine:
         except Exception as exc:
             logger.exception("engine request %s failed", request_id)
             raise EngineFailure("The inference engine failed this request.") from exc
+
+    def _in_engine(self, request_id: str) -> bool:
+        """Whether the engine still has this request (its outputs may wait
+        unread in its queue after it ended)."""
+        processor = self._llm.output_processor
+        external = getattr(processor, "external_req_ids", None)  # 0.32: ours -> internal ids
+        return request_id in (external if external is not None else processor.request_states)
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
@@ -186,7 +218,7 @@ class VllmEngine:
                 # adapters, and a pinned one left too few slots (KeyError in
                 # the worker, the engine dead: measured with 8 adapters).
                 await self._llm.add_lora(base)
-                self._base_lora, self._guard = base, BaseGuard()
+                self._base_lora, self._guard = base, BaseGuard(self._guard_linger, self._in_engine)
             await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
@@ -287,4 +319,4 @@ def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None
     # at c=1). Its engine core caches them once started; so do we, here.
     vllm_envs.enable_envs_cache()
     zero = Path(settings.data_dir) / "zero-lora" if guard else None
-    return VllmEngine(llm, device, kwargs, reaper, zero)
+    return VllmEngine(llm, device, kwargs, reaper, zero, settings.lora_base_guard_linger)

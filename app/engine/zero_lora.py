@@ -22,9 +22,11 @@ them to end first: a batch never holds both."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +37,62 @@ LINGER = 10.0  # seconds base requests keep the zero adapter after the last adap
 
 class BaseGuard:
     """Which base requests run through the zero adapter, and when an adapter
-    request may start: never both an unguarded base request and an adapter
-    request in the engine at once."""
+    request may start: never an unguarded base request beside an adapter
+    request, nor beside a guarded one (whose zero adapter runs the LoRA
+    kernels for the whole batch), in the engine at once.
 
-    def __init__(self, linger: float = LINGER):
+    A request counts until the engine ends it (its finished output, or
+    `in_engine` saying it is gone although its reader has not caught up),
+    not until whoever reads it lets go: a slow reader holds nobody up."""
+
+    def __init__(
+        self,
+        linger: float = LINGER,
+        in_engine: Callable[[str], bool] | None = None,
+        poll: float = 0.05,
+    ):
         self.linger = linger
         self.adapters = 0  # adapter requests in the engine, or waiting to enter it
-        self.plain = 0  # base requests in the engine without the zero adapter
+        # Base requests in the engine without / with the zero adapter: request
+        # id -> whether it has produced (so it surely entered the engine).
+        self.plain: dict[str, bool] = {}
+        self.guarded: dict[str, bool] = {}
         self.guarded_until = 0.0
+        self._in_engine = in_engine
+        self._poll = poll
         self._no_plain = asyncio.Event()
         self._no_plain.set()
 
-    def base(self) -> bool:
+    def base(self, request_id: str) -> bool:
         """A base request starts: True if it must take the zero adapter."""
-        if self.adapters or time.monotonic() < self.guarded_until:
+        if self.adapters or time.monotonic() < self.guarded_until or self._still(self.guarded):
+            self.guarded[request_id] = False
             return True
-        self.plain += 1
+        self.plain[request_id] = False
         self._no_plain.clear()
         return False
 
-    def base_done(self, guarded: bool) -> None:
-        if not guarded:
-            self.plain -= 1
-            if self.plain == 0:
-                self._no_plain.set()
+    def produced(self, request_id: str, guarded: bool) -> None:
+        """Its first output: it is in the engine (so `in_engine` may rule it out)."""
+        table = self.guarded if guarded else self.plain
+        if request_id in table:
+            table[request_id] = True
+
+    def base_done(self, request_id: str, guarded: bool) -> None:
+        """The engine ended it (or it never entered); said once or more."""
+        if guarded:
+            self.guarded.pop(request_id, None)
+        elif self.plain.pop(request_id, None) is not None and not self.plain:
+            self._no_plain.set()
 
     async def adapter(self) -> None:
         """An adapter request starts: base requests from now on are guarded;
         those already running unguarded end first."""
         self.adapters += 1
         try:
-            await self._no_plain.wait()
+            while self._still(self.plain):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._no_plain.wait(), self._poll)
         except BaseException:
             self.adapter_done()
             raise
@@ -74,6 +101,17 @@ class BaseGuard:
         self.adapters -= 1
         if self.adapters == 0:
             self.guarded_until = time.monotonic() + self.linger
+
+    def _still(self, table: dict[str, bool]) -> bool:
+        """Whether any request of `table` is in the engine; those the engine
+        has ended (while their readers lag) are counted out."""
+        if table and self._in_engine is not None:
+            for request_id in [r for r, produced in table.items() if produced]:
+                if not self._in_engine(request_id):
+                    del table[request_id]
+            if table is self.plain and not table:
+                self._no_plain.set()
+        return bool(table)
 
 
 def write_zero_adapter(target: Path, hf_config: Any) -> Path:

@@ -42,6 +42,7 @@ PROMPT = "The capital of France is"
 # the same request alone (16 streams of 160 greedy tokens on the base model,
 # no adapters: 12 differ from alone in bf16, none in float32), and the
 # tests compare batched answers with answers alone.
+LINGER = 2.0  # the base guard's linger (10 s by default), short for the tests
 LORA_ARGS = {
     "GATEWAY_MAX_LORAS": "2", "GATEWAY_MAX_CPU_LORAS": "8", "GATEWAY_MAX_LORA_RANK": "16",
     "GATEWAY_DTYPE": "float32",
@@ -83,6 +84,7 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "GATEWAY_TENANTS_FILE": str(tmp / "tenants.yaml"),
         "GATEWAY_USAGE_LOG": str(tmp / "usage.jsonl"),
         "GATEWAY_CHAT_TEMPLATE": "mobilellama-v1",
+        "GATEWAY_LORA_BASE_GUARD_LINGER": str(LINGER),
         **LORA_ARGS,
     }
     gw = start_gateway(model_dir, tmp / "gateway.log", env=env)
@@ -431,7 +433,7 @@ def test_base_streams_running_when_adapter_requests_arrive(served: Served) -> No
     }
     for name in ("extract@1", "classify", "tagger"):  # every device slot taken
         greedy(c, name)
-    time.sleep(11)  # past the guard's linger (10 s): base-only traffic again
+    time.sleep(LINGER + 1)  # past the guard's linger: base-only traffic again
 
     async def run() -> tuple[list[str], list[tuple[str, str]]]:
         ac = served.aclient()
@@ -459,3 +461,65 @@ def test_base_streams_running_when_adapter_requests_arrive(served: Served) -> No
     assert texts == [alone[p] for p in prompts]
     for name, text in adapters:
         assert text == greedy(c, name).choices[0].text, name
+
+
+def test_short_base_requests_beside_a_long_guarded_stream_past_the_linger(
+    served: Served,
+) -> None:
+    # A base stream that started guarded (just after adapter traffic) runs
+    # on past the linger; base requests arriving then must be guarded too:
+    # the zero adapter in the batch runs the LoRA kernels for all of it, and
+    # a plain request's index -1 would read the last device slot (a real
+    # adapter's). Before the fix they went plain and came back with an
+    # adapter's text.
+    c = served.client()
+    long_kw: dict[str, Any] = {
+        "max_tokens": 900,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    short_kw: dict[str, Any] = {"max_tokens": 16, "temperature": 0}
+    shorts = [f"Short base {i}:" for i in range(6)]
+    time.sleep(LINGER + 1)  # nothing guarded: the base model's own answers
+    alone = {
+        p: c.completions.create(model=MODEL_NAME, prompt=p, **short_kw).choices[0].text
+        for p in shorts
+    }
+    long_alone = (
+        c.completions.create(model=MODEL_NAME, prompt="A long tale:", **long_kw).choices[0].text
+    )
+
+    async def run() -> tuple[str, float, list[tuple[str, float]]]:
+        ac = served.aclient()
+        for name in ("extract@1", "classify", "tagger"):  # every device slot an adapter's
+            await ac.completions.create(model=name, prompt=PROMPT, max_tokens=4, temperature=0)
+        started = asyncio.Event()
+
+        async def long() -> tuple[str, float]:  # guarded: within the linger
+            s = await ac.completions.create(
+                model=MODEL_NAME, prompt="A long tale:", stream=True, **long_kw
+            )
+            text = ""
+            async for ch in s:
+                if ch.choices:
+                    started.set()
+                    text += ch.choices[0].text
+            return text, time.monotonic()
+
+        async def short(p: str) -> tuple[str, float]:
+            r = await ac.completions.create(model=MODEL_NAME, prompt=p, **short_kw)
+            return r.choices[0].text, time.monotonic()
+
+        stream = asyncio.ensure_future(long())
+        await started.wait()
+        await asyncio.sleep(LINGER + 0.5)  # the linger is over; the long stream runs on
+        answers = []
+        for i in range(0, len(shorts), 2):  # a few at a time, while it runs
+            answers += await asyncio.gather(*(short(p) for p in shorts[i : i + 2]))
+        text, ended = await stream
+        return text, ended, answers
+
+    text, ended, answers = asyncio.run(run())
+    assert all(at < ended for _, at in answers), "the long stream ended first: nothing tested"
+    assert [a for a, _ in answers] == [alone[p] for p in shorts]
+    assert text == long_alone
