@@ -49,6 +49,7 @@ def build_batches(
         lines,
         lines.room,
         metrics,
+        gone=lines.gone,
         lease=settings.batch_lease,
         retention=settings.batch_retention,
     )

@@ -24,7 +24,9 @@ def read_input(content: bytes, endpoint: str, max_lines: int) -> list[tuple[str,
         raise InvalidRequest("The input file is not UTF-8 text.", param="input_file_id") from None
     out: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at \n only: str.splitlines() would also cut at U+2028,
+    # U+2029 and U+0085, which JSON strings may hold raw.
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         if len(out) == max_lines:
@@ -38,6 +40,8 @@ def read_input(content: bytes, endpoint: str, max_lines: int) -> list[tuple[str,
         custom_id = line.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             raise _bad(number, "custom_id must be a non-empty string")
+        if "\x00" in custom_id:
+            raise _bad(number, "custom_id must not hold a NUL character")
         if custom_id in seen:
             raise _bad(number, f"custom_id {custom_id[:64]!r} is used twice")
         if line.get("method", "POST") != "POST":

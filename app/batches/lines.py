@@ -38,6 +38,10 @@ class LineRunner:
         self.share = share  # of the engine's places a batch may fill
         self.inflight = 0  # lines being run now (admitted or about to be)
 
+    def gone(self, owner: str) -> bool:
+        """Whether a batch's owner was a key or tenant the tenants file no longer holds."""
+        return bool(owner) and self.tenant_of(owner) is None
+
     def room(self) -> int:
         """Places batch lines may hold in all now: none while any online
         request waits, else up to `share` of the engine's places, less the

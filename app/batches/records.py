@@ -5,6 +5,9 @@ the store (a transaction's statements) and raises (StoreError)."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,7 +50,7 @@ class Line:
         for key in ("max_tokens", "max_completion_tokens"):
             value = self.body.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
-                return value
+                return min(max(value, 0), 2**31 - 1)  # an INTEGER column either way
         return 16
 
 
@@ -83,3 +86,51 @@ class Tx(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+def file_meta(row: Sequence[Any]) -> dict[str, Any]:
+    """A files row (as FILE_META selects it) as the API's file object."""
+    return {
+        "id": row[0],
+        "object": "file",
+        "purpose": row[1],
+        "filename": row[2],
+        "bytes": row[3],
+        "created_at": row[4],
+        "status": "processed",
+    }
+
+
+def output_line(
+    line: Line, response: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One line of the output or error file, in OpenAI's format."""
+    if response is not None:
+        response = {**response, "request_id": f"req_{line.batch_id}_{line.idx}"}
+    else:
+        response = {
+            "status_code": error["status_code"] if error else 500,
+            "request_id": f"req_{line.batch_id}_{line.idx}",
+            "body": error["body"] if error else None,
+        }
+        error = {"code": "request_failed", "message": "See the response body."}
+    return {"id": f"batch_req_{line.batch_id}_{line.idx}", "custom_id": line.custom_id,
+            "response": response, "error": error}  # fmt: skip
+
+
+def result_file(
+    rows: list[dict[str, Any]], batch_id: str, state: str
+) -> tuple[dict[str, Any], bytes] | None:
+    """The output (or error) file of a batch: its answers in the input's order."""
+    content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    if not content:
+        return None
+    kind = "output" if state == "done" else "error"
+    meta = {
+        "id": f"file-{uuid.uuid4().hex}",
+        "purpose": "batch_output",
+        "filename": f"{batch_id}_{kind}.jsonl",
+        "bytes": len(content),
+        "created_at": int(time.time()),
+    }
+    return meta, content

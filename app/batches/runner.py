@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -19,9 +18,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.batches.records import Line
+from app.batches.records import Line, output_line, result_file
 from app.batches.store import BatchStore
-from app.errors import BudgetExceeded, GatewayError
+from app.errors import BudgetExceeded, EngineStalled, GatewayError, RequestTimeout, Unavailable
 from app.observability.batch_metrics import BatchMetrics
 
 logger = logging.getLogger(__name__)
@@ -29,6 +28,12 @@ logger = logging.getLogger(__name__)
 # Runs one line's body for the batch's tenant: (owner, batch id, endpoint,
 # body) -> the answer's JSON, or a GatewayError.
 RunLine = Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Errors that are the moment's, not the line's (overloaded, the engine
+# restarting or stalled, a line preempted past the request timeout): the
+# line is given back and run again, up to RETRIES times by this runner.
+TRANSIENT = (Unavailable, EngineStalled, RequestTimeout)
+RETRIES = 3
+GONE = "The batch's owner is no longer in the tenants file: its lines are not run."
 
 
 class BatchRunner:
@@ -39,6 +44,7 @@ class BatchRunner:
         room: Callable[[], int],
         metrics: BatchMetrics | None = None,
         *,
+        gone: Callable[[str], bool] = lambda owner: False,
         lease: float = 120.0,
         poll: float = 0.5,
         idle_poll: float = 5.0,
@@ -50,7 +56,8 @@ class BatchRunner:
         self.run_line = run_line
         self.room = room  # engine places batch lines may hold in all now (0: none)
         self.metrics = metrics
-        self.lease = lease
+        self.gone = gone  # whether a batch's owner was removed (its batches fail)
+        self.lease = lease  # renewed every third of it while a line is held
         self.poll = poll  # seconds between passes while a batch runs
         self.idle_poll = idle_poll  # while none does (a new one here wakes it at once)
         self._active = False  # the last pass saw an unfinished batch
@@ -63,8 +70,10 @@ class BatchRunner:
         self._ready: deque[tuple[str, dict[str, Any], Line]] = deque()
         self._done: list[tuple[Line, str, dict[str, Any]]] = []  # answers to write
         self.owner = f"gw-{uuid.uuid4().hex[:12]}"  # leases die with the process
-        self._running: dict[asyncio.Task[None], str] = {}  # line task -> its batch id
+        self._running: dict[asyncio.Task[None], Line] = {}  # line task -> its line
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
+        self._renewed_at = time.time()
+        self._tries: dict[tuple[str, int], int] = {}  # a line's transient failures here
 
     async def run(self) -> None:
         """Forever (cancelled at shutdown): find work, run it while there is room."""
@@ -103,10 +112,13 @@ class BatchRunner:
         await asyncio.to_thread(self.store.release, self.owner)
 
     async def step(self) -> bool:
-        """One pass: results written, lines claimed ahead of the places they
-        will take, batches settled; True when a line was started."""
+        """One pass: results written, leases renewed, lines claimed ahead of
+        the places they will take, batches settled; True when a line was started."""
         now = time.time()
         await self._flush()
+        if now - self._renewed_at > self.lease / 3:
+            await asyncio.to_thread(self.store.renew, self.owner, self._held(), self.lease)
+            self._renewed_at = now
         if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
             self._purged_at = now
             await asyncio.to_thread(self.store.purge, now - self.retention)
@@ -119,6 +131,9 @@ class BatchRunner:
             if batch["status"] != "in_progress" or now >= batch["expires_at"]:
                 await self._settle(tenant, batch, now)
                 continue
+            if self.gone(tenant):
+                await self._settle(tenant, batch, now, failed=GONE)
+                continue
             if self._paused_until.get(tenant, 0) > now:
                 continue
             want = self.room() + self.ahead - len(self._running) - len(self._ready)
@@ -127,7 +142,8 @@ class BatchRunner:
             lines = await asyncio.to_thread(
                 self.store.claim, batch["id"], self.owner, want, self.lease
             )
-            self._ready.extend((tenant, batch, line) for line in lines)
+            held = self._held()  # a line this runner holds is never run twice
+            self._ready.extend((tenant, batch, ln) for ln in lines if _key(ln) not in held)
             if not lines and not self._holds(batch["id"]):
                 await self._settle(tenant, batch, now)
         return self._feed()
@@ -138,20 +154,23 @@ class BatchRunner:
         started = False
         while free > 0 and self._ready:
             tenant, batch, line = self._ready.popleft()
+            if self.gone(tenant):  # removed since it was claimed: the next pass fails it
+                continue
             task = asyncio.ensure_future(self._one(tenant, batch, line))
-            self._running[task] = batch["id"]
+            self._running[task] = line
             task.add_done_callback(self._ended)
             free -= 1
             started = True
         return started
 
+    def _held(self) -> list[tuple[str, int]]:
+        """The lines this runner holds: running, ready, or answered but not yet written."""
+        held = [_key(line) for line in self._running.values()]
+        held += [_key(line) for _, _, line in self._ready]
+        return held + [_key(line) for line, _, _ in self._done]
+
     def _holds(self, batch_id: str) -> bool:
-        """Lines of the batch running, ready or answered but not yet written."""
-        return (
-            batch_id in self._running.values()
-            or any(b["id"] == batch_id for _, b, _ in self._ready)
-            or any(line.batch_id == batch_id for line, _, _ in self._done)
-        )
+        return any(b == batch_id for b, _ in self._held())
 
     def _drop_ready(self, batch_id: str) -> None:
         self._ready = deque(x for x in self._ready if x[1]["id"] != batch_id)
@@ -167,7 +186,11 @@ class BatchRunner:
         if not self._done:
             return
         done, self._done = self._done, []
-        kept = await asyncio.to_thread(self.store.finish_many, self.owner, done)
+        try:
+            kept = await asyncio.to_thread(self.store.finish_many, self.owner, done)
+        except BaseException:  # not written: kept for the next pass, never dropped
+            self._done[:0] = done
+            raise
         if self.metrics is not None:
             for (_, state, _), ok in zip(done, kept, strict=True):
                 if ok:
@@ -183,48 +206,75 @@ class BatchRunner:
         """Run the line; its answer (or error) is written by the next pass."""
         try:
             body = await self.run_line(tenant, batch["id"], batch["endpoint"], line.body)
-            state, result = "done", _line(line, {"status_code": 200, "body": body}, None)
+            state, result = "done", output_line(line, {"status_code": 200, "body": body}, None)
         except BudgetExceeded as exc:
-            # At the budget's edge: give the line back, pause the tenant's batches.
+            # At the budget's edge: this line and the batch's ready ones go
+            # back (lines running go on), the tenant's batches pause.
             self._paused_until[tenant] = time.time() + exc.retry_after
-            self._drop_ready(batch["id"])
-            await asyncio.to_thread(self.store.release, self.owner, batch["id"])
+            await self._give_back(line, batch["id"])
             return
+        except TRANSIENT as exc:
+            tries = self._tries[_key(line)] = self._tries.get(_key(line), 0) + 1
+            if tries <= RETRIES:  # the moment's fault: run again, a second on
+                logger.info("batch %s line %d again (%s)", batch["id"], line.idx, exc.message)
+                self._paused_until[tenant] = time.time() + 1.0
+                await self._give_back(line, batch["id"])
+                return
+            error = {"status_code": int(exc.status), "body": exc.body()}
+            state, result = "failed", output_line(line, None, error)
         except GatewayError as exc:
             error = {"status_code": int(exc.status), "body": exc.body()}
-            state, result = "failed", _line(line, None, error)
+            state, result = "failed", output_line(line, None, error)
         except Exception:
             logger.exception("batch %s line %d failed", batch["id"], line.idx)
             body = {"error": {"message": "The line failed.", "type": "server_error"}}
-            state, result = "failed", _line(line, None, {"status_code": 500, "body": body})
+            state, result = "failed", output_line(line, None, {"status_code": 500, "body": body})
+        self._tries.pop(_key(line), None)
         self._done.append((line, state, result))
 
-    async def _settle(self, tenant: str, batch: dict[str, Any], now: float) -> bool:
-        """Move a batch on when its lines are all answered, it was cancelled
-        or its window passed; True when it is no longer running."""
+    async def _give_back(self, line: Line, batch_id: str) -> None:
+        keys = [_key(line)] + [_key(ln) for _, b, ln in self._ready if b["id"] == batch_id]
+        self._drop_ready(batch_id)
+        await asyncio.to_thread(self.store.release, self.owner, None, keys)
+
+    async def _settle(
+        self, tenant: str, batch: dict[str, Any], now: float, failed: str | None = None
+    ) -> bool:
+        """Move a batch on when its lines are all answered, it was cancelled,
+        its window passed or (`failed`) it cannot go on; True when it is no
+        longer running. Ending early: its lines stop, what they answered is
+        written, then the rest are skipped."""
+        status = batch["status"]
+        ending = None
+        if failed is not None:
+            ending = "failed"
+        elif status == "cancelling":
+            ending = "cancelled"
+        elif now >= batch["expires_at"]:
+            ending = "expired"
+        if ending is not None:
+            stopping = [t for t, line in self._running.items() if line.batch_id == batch["id"]]
+            for task in stopping:
+                task.cancel()
+            await asyncio.gather(*stopping, return_exceptions=True)
+            self._drop_ready(batch["id"])
+            await self._flush()
+            await asyncio.to_thread(self.store.cancel_pending, batch["id"])
         counts = await asyncio.to_thread(self.store.counts, batch["id"])
         batch["request_counts"] = {
             "total": counts.total, "completed": counts.completed, "failed": counts.failed
         }  # fmt: skip
-        status = batch["status"]
-        ending = None
-        if status == "cancelling":
-            ending = "cancelled"
-        elif now >= batch["expires_at"]:
-            ending = "expired"
-        elif counts.completed + counts.failed == counts.total:
+        if ending is None and counts.completed + counts.failed == counts.total:
             ending = "completed"
         if ending is None:
             return False
-        if ending != "completed":
-            for task, of in list(self._running.items()):  # its lines in flight end now
-                if of == batch["id"]:
-                    task.cancel()
-            self._drop_ready(batch["id"])
-            await asyncio.to_thread(self.store.cancel_pending, batch["id"])
+        if failed is not None:
+            batch["errors"] = {"object": "list", "data": [{"code": "tenant_removed",
+                               "message": failed, "param": None, "line": None}]}  # fmt: skip
         files = []
         for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
-            made = await asyncio.to_thread(self._result_file, batch, state)
+            rows = await asyncio.to_thread(self.store.results, batch["id"], state)
+            made = result_file(rows, batch["id"], state)
             batch[field] = made[0]["id"] if made else None
             if made:
                 files.append((made[0], tenant, made[1]))
@@ -236,38 +286,6 @@ class BatchRunner:
         await asyncio.to_thread(self.store.update_batch, batch, status, files)
         return True
 
-    def _result_file(
-        self, batch: dict[str, Any], state: str
-    ) -> tuple[dict[str, Any], bytes] | None:
-        """The output (or error) file: the answers in the input's order."""
-        content = "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in self.store.results(batch["id"], state)
-        ).encode()
-        if not content:
-            return None
-        kind = "output" if state == "done" else "error"
-        meta = {
-            "id": f"file-{uuid.uuid4().hex}",
-            "purpose": "batch_output",
-            "filename": f"{batch['id']}_{kind}.jsonl",
-            "bytes": len(content),
-            "created_at": int(time.time()),
-        }
-        return meta, content
 
-
-def _line(
-    line: Line, response: dict[str, Any] | None, error: dict[str, Any] | None
-) -> dict[str, Any]:
-    """One line of the output or error file, in OpenAI's format."""
-    if response is not None:
-        response = {**response, "request_id": f"req_{line.batch_id}_{line.idx}"}
-    else:
-        response = {
-            "status_code": error["status_code"] if error else 500,
-            "request_id": f"req_{line.batch_id}_{line.idx}",
-            "body": error["body"] if error else None,
-        }
-        error = {"code": "request_failed", "message": "See the response body."}
-    return {"id": f"batch_req_{line.batch_id}_{line.idx}", "custom_id": line.custom_id,
-            "response": response, "error": error}  # fmt: skip
+def _key(line: Line) -> tuple[str, int]:
+    return line.batch_id, line.idx

@@ -1,17 +1,10 @@
 """Where batches live, never only in memory: files, jobs and every line's
-state. The operations are written once, in SQL that SQLite and PostgreSQL
-both read; app.batches.backends opens one or the other.
-
-Lines are claimed with leases: a runner takes pending lines for `lease`
-seconds under its own name and finishes each one only while the line is
-still pending and its own, so a line is answered exactly once even when a
-runner dies mid-line (its leases run out and another runner, or the same
-gateway started again, takes the line again). On PostgreSQL the claim
-skips rows another replica is claiming (`FOR UPDATE SKIP LOCKED`).
-
-Blocking calls: the async layer runs them on a thread. A store that fails
-raises StoreError (the API answers 503).
-"""
+state, in SQL that SQLite and PostgreSQL both read (app.batches.backends
+opens one or the other). Lines are claimed with leases, renewed while held:
+a line is answered only while pending and its runner's, so exactly once
+even when a runner dies mid-line (its leases run out; on PostgreSQL claims
+skip locked rows). Blocking calls (the async layer threads them); a store
+that fails raises StoreError (the API answers 503)."""
 
 from __future__ import annotations
 
@@ -21,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from app.batches.records import ACTIVE, Counts, Line, Tx, finished_at
+from app.batches.records import ACTIVE, Counts, Line, Tx, file_meta, finished_at
 
 FILE_META = "SELECT id, purpose, filename, bytes, created_at FROM files "
 
@@ -55,13 +48,13 @@ class BatchStore:
 
     def file(self, file_id: str, tenant: str) -> dict[str, Any] | None:
         row = self._one(FILE_META + "WHERE id = ? AND tenant = ?", (file_id, tenant))
-        return _file_meta(row) if row else None
+        return file_meta(row) if row else None
 
     def files(self, tenant: str) -> list[dict[str, Any]]:
         rows = self._all(
             FILE_META + "WHERE tenant = ? ORDER BY created_at DESC, id DESC", (tenant,)
         )
-        return [_file_meta(r) for r in rows]
+        return [file_meta(r) for r in rows]
 
     def content(self, file_id: str, tenant: str) -> bytes | None:
         row = self._one("SELECT content FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
@@ -188,19 +181,34 @@ class BatchStore:
                 kept.append(cur.rowcount == 1)
             return kept
 
-    def release(self, owner: str, batch_id: str | None = None) -> int:
-        """Give back the pending lines `owner` holds (of one batch, or all):
-        a clean stop or a pause; how many."""
-        sql = (
-            "UPDATE lines SET owner = NULL, lease_until = NULL "
-            "WHERE owner = ? AND state = 'pending'"
-        )
-        args: tuple[Any, ...] = (owner,)
-        if batch_id is not None:
-            sql += " AND batch_id = ?"
-            args = (owner, batch_id)
+    def renew(self, owner: str, keys: Sequence[tuple[str, int]], lease: float) -> None:
+        """The leases of lines `owner` still holds (running, ready or answered
+        but not yet written) run `lease` seconds from now: a line that takes
+        longer than a lease is not taken again while its runner lives."""
+        if not keys:
+            return
+        until = time.time() + lease
         with self._tx() as db:
-            return db.execute(sql, args).rowcount
+            db.executemany(
+                "UPDATE lines SET lease_until = ? "
+                "WHERE batch_id = ? AND idx = ? AND owner = ? AND state = 'pending'",
+                [(until, batch_id, idx, owner) for batch_id, idx in keys],
+            )
+
+    def release(
+        self, owner: str, batch_id: str | None = None, keys: Sequence[tuple[str, int]] = ()
+    ) -> int:
+        """Give back the pending lines `owner` holds (these `keys`, those of
+        one batch, or all): a clean stop, a pause, a retry; how many."""
+        sql = "UPDATE lines SET owner = NULL, lease_until = NULL WHERE owner = ? "
+        sql += "AND state = 'pending'"
+        with self._tx() as db:
+            if keys:
+                db.executemany(sql + " AND batch_id = ? AND idx = ?", [(owner, *k) for k in keys])
+                return len(keys)
+            if batch_id is not None:
+                return db.execute(sql + " AND batch_id = ?", (owner, batch_id)).rowcount
+            return db.execute(sql, (owner,)).rowcount
 
     def release_all(self) -> int:
         """Every lease given back; only where one gateway owns the store (at
@@ -282,15 +290,3 @@ def _insert_file(db: Tx, meta: dict[str, Any], tenant: str, content: bytes) -> N
         (meta["id"], tenant, meta["purpose"], meta["filename"], meta["bytes"],
          meta["created_at"], content),
     )  # fmt: skip
-
-
-def _file_meta(row: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "object": "file",
-        "purpose": row[1],
-        "filename": row[2],
-        "bytes": row[3],
-        "created_at": row[4],
-        "status": "processed",
-    }

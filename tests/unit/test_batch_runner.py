@@ -43,7 +43,7 @@ async def drive(runner: BatchRunner, store: SqliteStore, within: float = 10) -> 
         await asyncio.sleep(0.01)
         batch = store.batch("b")
         assert batch is not None
-        if batch["status"] in ("completed", "cancelled", "expired"):
+        if batch["status"] in ("completed", "cancelled", "expired", "failed"):
             return batch
         assert time.monotonic() < deadline, batch
 
