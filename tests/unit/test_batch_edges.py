@@ -189,7 +189,7 @@ def test_bad_values_in_the_input_file() -> None:
     # A raw U+2028 inside a JSON string is valid JSONL (lines end at \n).
     text = read_input(one({"body": {"prompt": "a\u2028b\u0085c"}}), "/v1/completions", 10)
     assert text[0][1]["prompt"] == "a\u2028b\u0085c"
-    with pytest.raises(InvalidRequest, match="Line 1 .*custom_id"):
+    with pytest.raises(InvalidRequest, match=r"Line 1 .*custom_id"):
         read_input(one({"custom_id": "a\x00b", "body": {}}), "/v1/completions", 10)
     # A huge max_tokens is the line's own problem (its error file), never the store's.
     assert Line("b", 0, "a", {"max_tokens": 10**20}).max_tokens == 2**31 - 1
