@@ -60,7 +60,7 @@ async def test_a_budget_edge_gives_back_only_the_line_that_met_it(store: SqliteS
         if body["i"] == 0:
             await gate.wait()  # runs on while line 1 meets the budget
         elif body["i"] == 1 and runs[1] == 1:
-            raise BudgetExceeded("over", retry_after=0.2)
+            raise BudgetExceeded("over", retry_after=1)
         return {"i": body["i"]}
 
     runner = BatchRunner(store, run_line, lambda: 2, ahead=0)
