@@ -68,7 +68,9 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def gateway(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    gw = start_gateway(model_dir, log, env={"GATEWAY_CHAT_TEMPLATE": "mobilellama-v1"})
+    # A 2 s batch lease: lines outlive it (renewed while held, never run twice).
+    env = {"GATEWAY_CHAT_TEMPLATE": "mobilellama-v1", "GATEWAY_BATCH_LEASE": "2"}
+    gw = start_gateway(model_dir, log, env=env)
     yield gw
     stop_gateway(gw)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import openai
 import pytest
 
 from tests.support.batches import answers, lines_of, submit, wait_for
 from tests.support.gateway import API_KEY, MODEL_NAME, Gateway
+from tests.support.metrics import scrape
 
 
 def bodies() -> list[dict[str, object]]:
@@ -137,3 +139,28 @@ def test_a_tenants_files_and_batches_are_not_anothers(secured: Gateway) -> None:
             call()
     assert [x.id for x in theirs.files.list().data] == []
     assert mine.files.retrieve(f.id).id == f.id  # still the owner's
+
+
+def engine_requests(gateway: Gateway) -> float:
+    """Requests the engine finished, by any reason (vLLM's own counter)."""
+    return sum(v for (n, _), v in scrape(gateway.url).items() if n == "vllm:request_success_total")
+
+
+def test_lines_longer_than_the_lease_each_run_once(client: openai.OpenAI, gateway: Gateway) -> None:
+    # The session gateway's lease is 2 s; each line runs longer than that,
+    # and those waiting for a place wait longer too. Before the renewal,
+    # every pass claimed them again (24 lines ran 73 engine requests).
+    body = {"model": MODEL_NAME, "prompt": "A long one:", "max_tokens": 1500, "temperature": 0,
+            "ignore_eos": True}  # fmt: skip
+    lines = lines_of([{**body, "prompt": f"Tale {i}:"} for i in range(12)])
+    before = engine_requests(gateway)
+    started = time.monotonic()
+    batch = submit(client, lines)
+    finished = wait_for(client, batch.id, "completed", within=400)
+    took = time.monotonic() - started
+    assert finished.request_counts is not None and finished.request_counts.completed == 12
+    assert took > 2 * 2, f"the batch took {took:.1f} s: no line outlived the lease"
+    time.sleep(1)  # the engine's counter after its last step
+    assert engine_requests(gateway) - before == 12
+    got = answers(client, finished.output_file_id)
+    assert all(a["response"]["body"]["usage"]["completion_tokens"] == 1500 for a in got)
