@@ -121,7 +121,8 @@ class BatchRunner:
             self._renewed_at = now
         if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
             self._purged_at = now
-            await asyncio.to_thread(self.store.purge, now - self.retention)
+            if await asyncio.to_thread(self.store.purge, now - self.retention):
+                await asyncio.to_thread(self.store.reclaim)
         if self.metrics is not None and now - self._measured_at > self.measure_every:
             self._measured_at = now
             await asyncio.to_thread(self._measure)

@@ -32,6 +32,9 @@ class BatchStore:
     def close(self) -> None:
         raise NotImplementedError
 
+    def reclaim(self) -> None:
+        """Give back space after a purge (where the backend needs telling)."""
+
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._tx() as db:
             return list(db.execute(sql, args).fetchall())

@@ -193,11 +193,14 @@ def test_the_batch_store_on_a_claim_for_one_replica_only() -> None:
     assert mounts["state"] == "/var/lib/gateway"
     config = kind(docs, "ConfigMap")["data"]
     assert config["GATEWAY_DATA_DIR"] == "/var/lib/gateway" and config["GATEWAY_BATCHES"] == "true"
-    # by default an emptyDir, and no claim
+    # a rollout never puts two pods on the file: Recreate, whatever values.strategy says
+    assert kind(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # by default an emptyDir, and no claim (a surge is harmless there)
     docs = render()
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
     assert next(v for v in pod["volumes"] if v["name"] == "state")["emptyDir"] == {}
+    assert kind(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
     # a SQLite file is one gateway's: two replicas on it are refused at render
     r = subprocess.run(
         [str(HELM), "template", "rel", str(CHART), "--set", "batches.persistence.enabled=true",

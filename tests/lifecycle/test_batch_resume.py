@@ -11,12 +11,13 @@ from pathlib import Path
 
 import openai
 import pytest
+from openai.types import Batch
 
 from tests.support import gateway as support
 from tests.support.batches import answers, lines_of, submit, wait_for
 from tests.support.gateway import MODEL_NAME, Gateway
 from tests.support.metrics import scrape, value
-from tests.support.postgres import Postgres
+from tests.support.postgres import Postgres, start_postgres
 from tests.support.wait import until
 
 pytestmark = pytest.mark.engine
@@ -108,3 +109,64 @@ def test_two_gateways_on_postgresql_share_a_batch_and_survive_one_killed(
         for gw in gws:
             if gw.proc.poll() is None:
                 support.stop_gateway(gw)
+
+
+def test_postgresql_down_at_start_stops_only_batches(model_dir: Path, tmp_path: Path) -> None:
+    """Started with its PostgreSQL killed: the gateway becomes ready and
+    answers completions; batch calls are 503 until the database is back,
+    then a batch runs (before: the gateway did not start at all)."""
+    pg = start_postgres(tmp_path / "postgres.log")
+    try:
+        url = pg.new_database()
+        pg.kill()
+        env = {**ENV, "GATEWAY_BATCH_STORE": url}
+        gw = support.start_gateway(model_dir, tmp_path / "gw.log", "--warmup", "minimal", env=env)
+        try:
+            c = _client(gw)
+            r = c.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=4)
+            assert r.usage is not None and r.usage.completion_tokens == 4
+            with pytest.raises(openai.APIStatusError) as err:
+                c.batches.list()
+            assert err.value.status_code == 503
+            pg.restart()
+            batch = submit(c, lines_of(BODIES[:3]))
+            done = wait_for(c, batch.id, "completed", within=120)
+            assert done.request_counts is not None and done.request_counts.completed == 3
+        finally:
+            support.stop_gateway(gw)
+    finally:
+        pg.stop()
+
+
+def test_two_gateways_on_one_sqlite_file_never_both_write(model_dir: Path, tmp_path: Path) -> None:
+    """A rolling update's two pods on one volume: the second gateway serves
+    completions but answers batch calls 503 while the first holds the file;
+    once the first is gone, the second takes the store (and its batches)."""
+    env = {**ENV, "GATEWAY_BATCH_STORE": str(tmp_path / "batches.db")}
+    first = support.start_gateway(model_dir, tmp_path / "gw1.log", "--warmup", "minimal", env=env)
+    second = None
+    try:
+        batch = submit(_client(first), lines_of(BODIES[:2]))
+        wait_for(_client(first), batch.id, "completed", within=120)
+        second = support.start_gateway(
+            model_dir, tmp_path / "gw2.log", "--warmup", "minimal", env=env
+        )
+        c = _client(second)
+        assert c.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2).choices
+        with pytest.raises(openai.APIStatusError) as err:
+            c.batches.retrieve(batch.id)
+        assert err.value.status_code == 503
+        support.stop_gateway(first)
+        seen = until(lambda: _retrieved(c, batch.id), "the second takes the store", within=30)
+        assert seen.status == "completed"
+    finally:
+        for gw in (first, second):
+            if gw is not None and gw.proc.poll() is None:
+                support.stop_gateway(gw)
+
+
+def _retrieved(c: openai.OpenAI, batch_id: str) -> Batch | None:
+    try:
+        return c.batches.retrieve(batch_id)
+    except openai.APIStatusError:
+        return None
