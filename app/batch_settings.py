@@ -16,6 +16,20 @@ class BatchSettings(BaseSettings):
     max_batch_file_bytes: int = Field(
         100 * 2**20, ge=1, description="The largest batch input file (400 above it)."
     )
+    max_batch_files: int = Field(
+        100, ge=1, description="Input files a tenant may keep at once (429 above it)."
+    )
+    max_batch_file_storage: int = Field(
+        10 * 2**30,
+        ge=1,
+        description="Bytes of input files a tenant may keep at once (429 above it).",
+    )
+    batch_file_retention: float = Field(
+        30 * 86400,
+        gt=0,
+        description="Seconds an input file is kept after its upload (unless an unfinished "
+        "batch reads it); deleting it earlier is the tenant's DELETE /v1/files/{id}.",
+    )
     max_batch_lines: int = Field(50_000, ge=1, description="Requests in one batch.")
     max_batches_in_progress: int = Field(
         4, ge=1, description="Unfinished batches per tenant (429 beyond)."

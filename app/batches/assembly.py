@@ -41,6 +41,8 @@ def build_batches(
         max_file_bytes=settings.max_batch_file_bytes,
         max_lines=settings.max_batch_lines,
         max_active=settings.max_batches_in_progress,
+        max_files=settings.max_batch_files,
+        max_storage=settings.max_batch_file_storage,
     )
     lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
     metrics = BatchMetrics(registry, settings.model_name)
@@ -52,6 +54,7 @@ def build_batches(
         gone=lines.gone,
         lease=settings.batch_lease,
         retention=settings.batch_retention,
+        file_retention=settings.batch_file_retention,
     )
     api.changed = runner.wake
     return BatchWing(api, runner, store)

@@ -135,6 +135,7 @@ class PostgresStore(BatchStore):
     for the runner). A database down at start stops no online request."""
 
     claim_lock = " FOR UPDATE SKIP LOCKED"  # two replicas never claim one line
+    tenant_lock = "SELECT pg_advisory_xact_lock(hashtext(?))"  # one tenant's quota checks
 
     def __init__(self, url: str, connect_timeout: float = 5.0, statement_timeout: float = 30.0):
         self.url = url

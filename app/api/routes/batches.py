@@ -57,7 +57,15 @@ async def upload_file(
     purpose: Annotated[str, Form()],
 ) -> Response:
     """Upload a JSONL file of requests for a batch."""
-    content = await file.read()
+    # Read in pieces (the parser spooled it to disk), refused as soon as it
+    # is too large rather than held whole first.
+    pieces, size, limit = [], 0, caller.batches.max_file_bytes
+    while piece := await file.read(2**20):
+        size += len(piece)
+        if size > limit:
+            raise caller.batches.too_large()
+        pieces.append(piece)
+    content = b"".join(pieces)
     meta = await caller.batches.upload(caller.owner, file.filename or "", purpose, content)
     return json_response(meta)
 
