@@ -25,6 +25,7 @@ from app.api.routes import adapters, batches, completions, health, info, models,
 from app.api.routes import metrics as metrics_routes
 from app.batches.assembly import BatchWing, build_batches
 from app.completion.assembly import build_service
+from app.completion.door import Door
 from app.completion.prepared import TRUNCATED_HEADER, TRUNCATED_MESSAGES_HEADER
 from app.completion.service import CompletionService
 from app.config import Settings
@@ -68,6 +69,7 @@ def create_app(
     # The OTEL_* variables turn tracing on (read by the SDK itself).
     tracing = Tracing(settings.trace_content) if tracing_configured() else None
     metrics.exposition.openmetrics = tracing is not None  # exemplars to show
+    door = Door(tenancy.ledger, tracing)  # HTTP requests and batch lines come in alike
 
     def assemble(built: Engine) -> CompletionService:
         return build_service(settings, built, metrics, tenancy.ledger)
@@ -81,9 +83,7 @@ def create_app(
 
     wing = None
     if settings.batches:  # it runs lines through the service the supervisor will serve
-        wing = build_batches(
-            settings, tenancy.book, tenancy.ledger, lambda: supervisor.serving(), registry
-        )
+        wing = build_batches(settings, tenancy.book, door, lambda: supervisor.serving(), registry)
     supervisor = Supervisor(settings, build, assemble, metrics, on_exit)
     app.state.batch_wing = wing
     app.state.batches = wing.api if wing is not None else None
@@ -134,9 +134,9 @@ def create_app(
                 *RATE_HEADERS,  # a browser app reads its tenant's budgets
             ],
         )
-    if tenancy.ledger is not None or tracing is not None:
+    if door.keeps_records:
         # Outside the keys: a 401 is accounted and traced too; inside the request ids.
-        app.add_middleware(Accounting, ledger=tenancy.ledger, tracing=tracing)
+        app.add_middleware(Accounting, door=door)
     # Added last, so outermost: request ids and status counts cover 401s and
     # unexpected 500s too.
     app.add_middleware(

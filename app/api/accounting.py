@@ -8,26 +8,23 @@ usage log or tracing are configured."""
 
 from __future__ import annotations
 
-import time
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.middleware import Headers, exchange
-from app.observability.record import RequestRecord
-from app.observability.tracing import Tracing
+from app.completion.door import Door
 from app.scopes import RECORD, TENANT, request_id_var, trace_ids_var
 from app.tenancy.budgets import Charge
-from app.tenancy.ledger import Ledger
 
 COMPLETION_ROUTES = frozenset(("/v1/completions", "/v1/chat/completions"))
 _LIMIT_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-limit-requests")
 
 
 class Accounting:
-    def __init__(self, app: ASGIApp, ledger: Ledger | None = None, tracing: Tracing | None = None):
+    def __init__(self, app: ASGIApp, door: Door):
         self.app = app
-        self.ledger = ledger
-        self.tracing = tracing
+        self.door = door  # the one way into a completion (HTTP and batch lines)
+        self.ledger = door.ledger
+        self.tracing = door.tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -38,9 +35,9 @@ class Accounting:
         record = None
         token = None
         if ex.endpoint.label in COMPLETION_ROUTES:
-            record = scope[RECORD] = RequestRecord(ex.endpoint.label, request_id_var.get() or "")
+            record = self.door.open(ex.endpoint.label, request_id_var.get() or "", scope["headers"])
+            scope[RECORD] = record
             if tracing is not None:
-                tracing.start(record, scope["headers"])
                 token = trace_ids_var.set(tracing.ids(record))
 
         def rate_limits(headers: Headers) -> None:
@@ -62,10 +59,6 @@ class Accounting:
             await self.app(scope, receive, send)
         finally:
             if record is not None:
-                record.tenant = record.tenant or scope.get(TENANT)
-                if ledger is not None:
-                    ledger.finish(record, ex.status)
-                if tracing is not None:
-                    tracing.finish(record, ex.status, time.monotonic())
+                self.door.close(record, ex.status, scope.get(TENANT))
             if token is not None:
                 trace_ids_var.reset(token)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from app.api.validation import describe
+from app.completion.validation import describe
 from app.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from app.observability.metrics import Metrics
 from app.scopes import RECORD

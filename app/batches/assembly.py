@@ -14,10 +14,10 @@ from app.batches.lines import LineRunner
 from app.batches.runner import BatchRunner
 from app.batches.service import Batches
 from app.batches.store import BatchStore
+from app.completion.door import Door
 from app.completion.service import CompletionService
 from app.config import Settings
 from app.observability.batch_metrics import BatchMetrics
-from app.tenancy.ledger import Ledger
 from app.tenancy.tenants import TenantBook
 
 
@@ -31,7 +31,7 @@ class BatchWing:
 def build_batches(
     settings: Settings,
     book: TenantBook,
-    ledger: Ledger | None,
+    door: Door,
     serving: Callable[[], CompletionService | None],
     registry: CollectorRegistry,
 ) -> BatchWing:
@@ -44,7 +44,7 @@ def build_batches(
         max_files=settings.max_batch_files,
         max_storage=settings.max_batch_file_storage,
     )
-    lines = LineRunner(serving, book.by_owner, ledger, settings.batch_share)
+    lines = LineRunner(serving, book.by_owner, door, settings.batch_share)
     metrics = BatchMetrics(registry, settings.model_name)
     runner = BatchRunner(
         store,

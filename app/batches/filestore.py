@@ -78,13 +78,36 @@ class FileStore:
         return [file_meta(r) for r in rows]
 
     def content(self, file_id: str, tenant: str) -> bytes | None:
-        row = self._one("SELECT content FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
-        return bytes(row[0]) if row else None
+        """A file's whole content (an input file, to parse); None if not the tenant's."""
+        parts = self.parts(file_id, tenant)
+        return None if parts is None else b"".join(self.part(file_id, i) for i in range(parts))
+
+    def parts(self, file_id: str, tenant: str) -> int | None:
+        """How many pieces `part` gives of the tenant's file (None: no such
+        file): an output file's chunk rows, or an input file's one blob."""
+        row = self._one(
+            "SELECT (SELECT count(*) FROM file_chunks WHERE file_id = ?) FROM files "
+            "WHERE id = ? AND tenant = ?",
+            (file_id, file_id, tenant),
+        )
+        return None if row is None else max(1, int(row[0]))
+
+    def part(self, file_id: str, seq: int) -> bytes:
+        """Piece `seq` of a file (of a file `parts` counted: its tenant checked there)."""
+        row = self._one(
+            "SELECT data FROM file_chunks WHERE file_id = ? AND seq = ?", (file_id, seq)
+        )
+        if row is None and seq == 0:  # one blob in the files row
+            row = self._one("SELECT content FROM files WHERE id = ?", (file_id,))
+        return bytes(row[0]) if row else b""
 
     def delete_file(self, file_id: str, tenant: str) -> bool:
         with self._tx() as db:
             cur = db.execute("DELETE FROM files WHERE id = ? AND tenant = ?", (file_id, tenant))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM file_chunks WHERE file_id = ?", (file_id,))
+            return True
 
     def expire_files(self, before: float) -> int:
         """Input files uploaded before `before` gone, but for those an

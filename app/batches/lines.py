@@ -10,14 +10,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
+from app.completion.door import Door, validated
 from app.completion.schemas import ChatCompletionRequest, CompletionRequest
 from app.completion.service import CompletionService
-from app.errors import CLIENT_CLOSED, InvalidRequest, Unavailable
+from app.errors import CLIENT_CLOSED, Unavailable
 from app.ids import new_id
-from app.observability.record import RequestRecord
-from app.tenancy.ledger import Ledger
 from app.tenancy.tenants import Tenant
 
 # Below every online request (vLLM and our admission: the lower runs first).
@@ -29,12 +26,12 @@ class LineRunner:
         self,
         serving: Callable[[], CompletionService | None],
         tenant_of: Callable[[str], Tenant | None],
-        ledger: Ledger | None,
+        door: Door,
         share: float = 0.75,
     ):
         self.serving = serving  # the service once ready, else None
         self.tenant_of = tenant_of  # a batch's owner -> its tenant now
-        self.ledger = ledger
+        self.door = door
         self.share = share  # of the engine's places a batch may fill
         self.inflight = 0  # lines being run now (admitted or about to be)
 
@@ -62,23 +59,22 @@ class LineRunner:
         service = self.serving()
         if service is None:
             raise Unavailable("The model is not ready.")
-        schema = (
-            ChatCompletionRequest if endpoint.endswith("chat/completions") else CompletionRequest
-        )
-        try:
-            req = schema.model_validate({**body, "stream": False})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidRequest(f"{where}: {first['msg']}", param=where or None) from None
+        chat = endpoint.endswith("chat/completions")
         tenant = self.tenant_of(owner)
-        record = RequestRecord(endpoint, new_id())
-        self.inflight += 1
+        # Through the one door, as an HTTP request comes: its record and span,
+        # the same validation message, the batch's priority from the start.
+        record = self.door.open(endpoint, new_id())
         record.batch_id = batch_id
+        self.inflight += 1
         status = 500
         try:
-            prep = await service.prepare(req, tenant, record)
-            prep.priority = BATCH_PRIORITY
+            line = {**body, "stream": False}
+            req: CompletionRequest | ChatCompletionRequest = (
+                validated(ChatCompletionRequest, line)
+                if chat
+                else validated(CompletionRequest, line)
+            )
+            prep = await service.prepare(req, tenant, record, priority=BATCH_PRIORITY)
             answer = await service.complete(prep)
             status = 200
             return answer
@@ -90,6 +86,4 @@ class LineRunner:
             raise
         finally:
             self.inflight -= 1
-            record.tenant = record.tenant or tenant
-            if self.ledger is not None:
-                self.ledger.finish(record, status)
+            self.door.close(record, status, tenant)

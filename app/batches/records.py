@@ -5,9 +5,6 @@ the store (a transaction's statements) and raises (StoreError)."""
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,7 +27,12 @@ CREATE TABLE IF NOT EXISTS lines (
     PRIMARY KEY (batch_id, idx)
 );
 CREATE INDEX IF NOT EXISTS pending_lines ON lines (state, batch_id, idx);
+CREATE TABLE IF NOT EXISTS file_chunks (
+    file_id TEXT NOT NULL, seq INTEGER NOT NULL, data {blob} NOT NULL,
+    PRIMARY KEY (file_id, seq)
+);
 """
+CHUNK = 2**20  # bytes of an output file per file_chunks row
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 ENDINGS = ("completed", "expired", "cancelled", "failed")
@@ -116,21 +118,3 @@ def output_line(
         error = {"code": "request_failed", "message": "See the response body."}
     return {"id": f"batch_req_{line.batch_id}_{line.idx}", "custom_id": line.custom_id,
             "response": response, "error": error}  # fmt: skip
-
-
-def result_file(
-    rows: list[dict[str, Any]], batch_id: str, state: str
-) -> tuple[dict[str, Any], bytes] | None:
-    """The output (or error) file of a batch: its answers in the input's order."""
-    content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    if not content:
-        return None
-    kind = "output" if state == "done" else "error"
-    meta = {
-        "id": f"file-{uuid.uuid4().hex}",
-        "purpose": "batch_output",
-        "filename": f"{batch_id}_{kind}.jsonl",
-        "bytes": len(content),
-        "created_at": int(time.time()),
-    }
-    return meta, content

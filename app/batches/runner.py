@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.batches.records import Line, output_line, result_file
+from app.batches.records import Line, output_line
 from app.batches.store import BatchStore
 from app.errors import BudgetExceeded, EngineStalled, GatewayError, RequestTimeout, Unavailable
 from app.observability.batch_metrics import BatchMetrics
@@ -76,6 +76,7 @@ class BatchRunner:
         self._paused_until: dict[str, float] = {}  # tenant -> when its window turns
         self._renewed_at = time.time()
         self._tries: dict[tuple[str, int], int] = {}  # a line's transient failures here
+        self._failing: set[str] = set()  # batches whose last visit failed (logged once)
 
     async def run(self) -> None:
         """Forever (cancelled at shutdown): find work, run it while there is room."""
@@ -133,17 +134,26 @@ class BatchRunner:
         active = await asyncio.to_thread(self.store.active_batches)
         self._active = bool(active)
         for tenant, batch in active:
-            if batch["status"] != "in_progress" or now >= batch["expires_at"]:
-                await self._settle(tenant, batch, now)
-                continue
-            if self.gone(tenant):
-                await self._settle(tenant, batch, now, failed=GONE)
-                continue
-            if self._paused_until.get(tenant, 0) > now:
-                continue
+            try:  # each batch its own failure domain: one that fails holds up no other
+                if not await self._visit(tenant, batch, now):
+                    break
+                self._failing.discard(batch["id"])
+            except Exception as exc:
+                if batch["id"] not in self._failing:  # said once, not every pass
+                    self._failing.add(batch["id"])
+                    logger.error("batch %s: %r (tried again each pass)", batch["id"], exc)
+        return self._feed()
+
+    async def _visit(self, tenant: str, batch: dict[str, Any], now: float) -> bool:
+        """Settle the batch, or claim lines of it; False when there is no room left."""
+        if batch["status"] != "in_progress" or now >= batch["expires_at"]:
+            await self._settle(tenant, batch, now)
+        elif self.gone(tenant):
+            await self._settle(tenant, batch, now, failed=GONE)
+        elif self._paused_until.get(tenant, 0) <= now:
             want = self.room() + self.ahead - len(self._running) - len(self._ready)
             if want <= 0:
-                break
+                return False
             lines = await asyncio.to_thread(
                 self.store.claim, batch["id"], self.owner, want, self.lease
             )
@@ -151,7 +161,7 @@ class BatchRunner:
             self._ready.extend((tenant, batch, ln) for ln in lines if _key(ln) not in held)
             if not lines and not self._holds(batch["id"]):
                 await self._settle(tenant, batch, now)
-        return self._feed()
+        return True
 
     def _feed(self) -> bool:
         """Start ready lines while the engine has room for them; True if one started."""
@@ -276,19 +286,12 @@ class BatchRunner:
         if failed is not None:
             batch["errors"] = {"object": "list", "data": [{"code": "tenant_removed",
                                "message": failed, "param": None, "line": None}]}  # fmt: skip
-        files = []
-        for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
-            rows = await asyncio.to_thread(self.store.results, batch["id"], state)
-            made = result_file(rows, batch["id"], state)
-            batch[field] = made[0]["id"] if made else None
-            if made:
-                files.append((made[0], tenant, made[1]))
         batch["status"] = ending
         batch[f"{ending}_at"] = int(now)
         batch["finalizing_at"] = batch.get("finalizing_at") or int(now)
-        # The job and its files in one write, and only by the replica that
-        # saw it `status`: a fleet settles a batch once.
-        await asyncio.to_thread(self.store.update_batch, batch, status, files)
+        # The job and its files (made in chunks from its lines) in one write,
+        # and only by the replica that saw it `status`: a fleet settles it once.
+        await asyncio.to_thread(self.store.settle, batch, status, tenant)
         return True
 
 

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
@@ -105,6 +105,19 @@ class Batches:
         if content is None:
             raise NotFound("No such file.", param="file_id")  # the id is not echoed
         return content
+
+    async def pieces(self, owner: str, file_id: str) -> AsyncIterator[bytes]:
+        """A file's content piece by piece (a download: an output file of any
+        size streams in CHUNK-sized pieces); NotFound before the first."""
+        parts = await self._db(self.store.parts, file_id, owner)
+        if parts is None:
+            raise NotFound("No such file.", param="file_id")  # the id is not echoed
+
+        async def each() -> AsyncIterator[bytes]:
+            for seq in range(parts):
+                yield await self._db(self.store.part, file_id, seq)
+
+        return each()
 
     async def delete(self, owner: str, file_id: str) -> dict[str, Any]:
         if not await self._db(self.store.delete_file, file_id, owner):

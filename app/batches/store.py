@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from app.batches.filestore import FileStore, insert_file
-from app.batches.records import ACTIVE, Counts, Line, finished_at
+from app.batches.records import ACTIVE, CHUNK, Counts, Line, Tx, finished_at
 
 
 class BatchStore(FileStore):
@@ -71,15 +72,8 @@ class BatchStore(FileStore):
         args.append(limit)
         return [json.loads(r[0]) for r in self._all(sql, args)]
 
-    def update_batch(
-        self,
-        batch: dict[str, Any],
-        expect: str | None = None,
-        files: Sequence[tuple[dict[str, Any], str, bytes]] = (),
-    ) -> bool:
-        """Write the job back; with `expect`, only if its status is still
-        that. The `files` (its output and error files: meta, tenant, content)
-        are kept with it, in the same transaction, or not at all."""
+    def update_batch(self, batch: dict[str, Any], expect: str | None = None) -> bool:
+        """Write the job back; with `expect`, only if its status is still that."""
         with self._tx() as db:
             sql = "UPDATE batches SET body = ?, status = ?, finished_at = ? WHERE id = ?"
             args: tuple[Any, ...] = (
@@ -88,11 +82,7 @@ class BatchStore(FileStore):
             if expect is not None:
                 sql += " AND status = ?"
                 args = (*args, expect)
-            if db.execute(sql, args).rowcount != 1:
-                return False
-            for meta, tenant, content in files:
-                insert_file(db, meta, tenant, content)
-            return True
+            return bool(db.execute(sql, args).rowcount == 1)
 
     def active_batches(self) -> list[tuple[str, dict[str, Any]]]:
         """(tenant, job) of every unfinished batch, oldest first."""
@@ -203,6 +193,7 @@ class BatchStore(FileStore):
                 for field in ("output_file_id", "error_file_id"):
                     if job.get(field):
                         db.execute("DELETE FROM files WHERE id = ?", (job[field],))
+                        db.execute("DELETE FROM file_chunks WHERE file_id = ?", (job[field],))
                 db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
                 db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
         return len(rows)
@@ -238,6 +229,24 @@ class BatchStore(FileStore):
                 (batch_id,),
             )
 
+    def settle(self, batch: dict[str, Any], expect: str, tenant: str) -> bool:
+        """Write the job back (only if its status is still `expect`: a fleet
+        settles a batch once) with its output and error files, made here in
+        the same transaction from its lines' answers: read a page of lines at
+        a time and written in CHUNK-sized rows, so a batch of any size
+        settles in bounded memory."""
+        try:
+            with self._tx() as db:
+                for state, field in (("done", "output_file_id"), ("failed", "error_file_id")):
+                    batch[field] = _answers_file(db, batch["id"], state, tenant)
+                sql = "UPDATE batches SET body = ?, status = ?, finished_at = ? WHERE id = ? "
+                args = (json.dumps(batch), batch["status"], finished_at(batch), batch["id"])
+                if db.execute(sql + "AND status = ?", (*args, expect)).rowcount != 1:
+                    raise _Lost  # another replica settled it first: none of this is kept
+        except _Lost:
+            return False
+        return True
+
     def results(self, batch_id: str, state: str) -> list[dict[str, Any]]:
         """The answers in the input's order (for the output or error file)."""
         rows = self._all(
@@ -245,6 +254,37 @@ class BatchStore(FileStore):
             (batch_id, state),
         )
         return [json.loads(r[0]) for r in rows]
+
+
+class _Lost(Exception):
+    """The batch was settled by another replica (rolls the transaction back)."""
+
+
+def _answers_file(db: Tx, batch_id: str, state: str, tenant: str) -> str | None:
+    """The output (state done) or error file of a batch, its lines' answers
+    in the input's order, one JSON per line; its id, or None if it has none."""
+    file_id, seq, size, buf, after = f"file-{uuid.uuid4().hex}", 0, 0, bytearray(), -1
+    while rows := db.execute(
+        "SELECT idx, result FROM lines WHERE batch_id = ? AND state = ? AND idx > ? "
+        "ORDER BY idx LIMIT 500",
+        (batch_id, state, after),
+    ).fetchall():
+        after = rows[-1][0]
+        for _, result in rows:
+            buf += result.encode() + b"\n"
+            if len(buf) >= CHUNK:
+                db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, bytes(buf)))
+                seq, size, buf = seq + 1, size + len(buf), bytearray()
+    if buf:
+        db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, bytes(buf)))
+        size += len(buf)
+    if not size:
+        return None
+    kind = "output" if state == "done" else "error"
+    meta = {"id": file_id, "purpose": "batch_output", "filename": f"{batch_id}_{kind}.jsonl",
+            "bytes": size, "created_at": int(time.time())}  # fmt: skip
+    insert_file(db, meta, tenant, b"")  # the content is in its chunks
+    return file_id
 
 
 def _marks(values: Sequence[Any]) -> str:

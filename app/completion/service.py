@@ -47,13 +47,18 @@ class CompletionService:
         req: CompletionRequest | ChatCompletionRequest,
         tenant: Tenant | None = None,
         record: RequestRecord | None = None,
+        priority: int | None = None,
     ) -> PreparedCompletion:
         """Validate and tokenise; with a record, charge the tenant's budgets
-        (429 beyond one) and keep the record for what the run uses."""
+        (429 beyond one) and keep the record for what the run uses.
+        `priority`: what it runs at, when the caller decides (a batch line's,
+        below every online one), else the tenant's and the request's."""
         if isinstance(req, ChatCompletionRequest):
             prep = await self.chat.prepare(req, tenant)
         else:
             prep = await self.preparer.prepare(req, tenant)
+        if priority is not None:
+            prep.priority = priority
         if record is not None:
             prep.record = record
             options = prep.options

@@ -17,6 +17,8 @@ import httpx
 import openai
 import pytest
 
+from app.batches.lines import BATCH_PRIORITY
+from tests.support.batches import answers, lines_of, submit, wait_for
 from tests.support.gateway import MODEL_NAME, Gateway, start_gateway, stop_gateway
 from tests.support.metrics import scrape
 from tests.support.redis import Redis, start_redis
@@ -454,3 +456,33 @@ def test_two_gateways_on_one_redis_hold_one_budget_and_fail_open(
         assert "unreachable" in second.logs()
     finally:
         stop_gateway(second)
+
+
+def test_batch_lines_come_in_at_the_batch_priority(tenanted: Tenanted) -> None:
+    """A batch line comes in through the same door as an HTTP request, at the
+    batch's priority from the start: its usage line and the queue-wait
+    metric say so (before: both showed the tenant's online priority, 20)."""
+    client = tenanted.client("sk-batch")
+
+    def online_waits() -> float:
+        key = ("gateway_admission_wait_seconds_count",
+               (("model", MODEL_NAME), ("priority", "20")))  # fmt: skip
+        return scrape(tenanted.url)[key]
+
+    before = online_waits()
+    body = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 3}
+    batch = submit(client, lines_of([body, {**body, "max_tokens": "three"}]))
+    done = wait_for(client, batch.id, "completed")
+    assert done.request_counts is not None and done.request_counts.failed == 1
+    _wait(lambda: len([x for x in tenanted.lines() if x["batch_id"] == batch.id]) == 2,
+          what="the lines' usage lines")  # fmt: skip
+    ours = [x for x in tenanted.lines() if x["batch_id"] == batch.id]
+    assert {x["priority"] for x in ours if x["status"] == 200} == {BATCH_PRIORITY}
+    assert online_waits() == before
+    # The bad line's error is the one an HTTP request gets for the same body.
+    (error,) = answers(client, done.error_file_id)
+    bad: Any = "three"
+    with pytest.raises(openai.BadRequestError) as online:
+        client.completions.create(model=MODEL_NAME, prompt="Hello", max_tokens=bad)
+    message = error["response"]["body"]["error"]["message"]
+    assert message == online.value.body["message"]  # type: ignore[index]

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from app.api.rejection import Rejections, install_error_handlers, raw_response, unexpected_error
 from app.api.route_table import Endpoints
-from app.api.validation import FIELDS
+from app.completion.validation import FIELDS
 from app.errors import (
     EngineFailure,
     GatewayError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from app.api.responses import json_response
@@ -82,8 +83,8 @@ async def get_file(file_id: str, caller: CallerDep) -> Response:
 
 @router.get("/v1/files/{file_id}/content", response_model=None)
 async def file_content(file_id: str, caller: CallerDep) -> Response:
-    content = await caller.batches.content(caller.owner, file_id)
-    return Response(content, media_type="application/jsonl")
+    pieces = await caller.batches.pieces(caller.owner, file_id)
+    return StreamingResponse(pieces, media_type="application/jsonl")
 
 
 @router.delete("/v1/files/{file_id}", response_model=None)
