@@ -58,15 +58,7 @@ class SqliteStore(BatchStore):
             return self._db
         if self._closed:
             raise StoreError("the batch store is closed")
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(
-                f"another gateway holds the batch store {self.path} (SQLite is for one "
-                "gateway; a fleet shares PostgreSQL)"
-            ) from None
+        fd = _lock(str(self.path.resolve()) + ".lock")
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: pages freed can go back
         db.execute("PRAGMA journal_mode=WAL")
@@ -111,9 +103,43 @@ class SqliteStore(BatchStore):
             if self._db is not None:
                 self._db.close()
             if self._held is not None:
-                os.close(self._held)  # the lock goes with it
+                _unlock(str(self.path.resolve()) + ".lock")
             self._db = self._held = None
             self._closed = True
+
+
+# The lock files this process holds, with how many of its stores use each:
+# one gateway's stores share its lock; another process is refused.
+_LOCKS: dict[str, tuple[int, int]] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock(path: str) -> int:
+    with _LOCKS_LOCK:
+        if path in _LOCKS:
+            fd, users = _LOCKS[path]
+            _LOCKS[path] = (fd, users + 1)
+            return fd
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"another gateway holds the batch store {path.removesuffix('.lock')} (SQLite "
+                "is for one gateway; a fleet shares PostgreSQL)"
+            ) from None
+        _LOCKS[path] = (fd, 1)
+        return fd
+
+
+def _unlock(path: str) -> None:
+    with _LOCKS_LOCK:
+        fd, users = _LOCKS.pop(path, (-1, 0))
+        if users > 1:
+            _LOCKS[path] = (fd, users - 1)
+        elif fd >= 0:
+            os.close(fd)  # the lock goes with it
 
 
 class _PgTx:

@@ -6,6 +6,8 @@ SQLite file (the lock)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from app.batches.backends import PostgresStore, SqliteStore
 from app.batches.records import Line, StoreError
+from tests.support.gateway import ROOT
 from tests.support.postgres import start_postgres
 
 
@@ -55,10 +58,31 @@ def test_sqlite_gives_space_back_after_a_purge(tmp_path: Path) -> None:
 
 
 def test_one_gateway_per_sqlite_file(tmp_path: Path) -> None:
-    first = SqliteStore(tmp_path / "b.db")
-    second = SqliteStore(tmp_path / "b.db")  # made, but not opened: the file is held
-    with pytest.raises(StoreError, match="another gateway holds"):
-        second.in_progress("t")
-    first.close()
-    assert second.in_progress("t") == 0  # the first let go: the second takes it
+    """Another process (another gateway) holds the file: this one's store is
+    made but refused (StoreError: the API's 503) until the other lets go."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "b.db")], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        second = SqliteStore(tmp_path / "b.db")  # made, but not opened: the file is held
+        with pytest.raises(StoreError, match="another gateway holds"):
+            second.in_progress("t")
+        also = SqliteStore(tmp_path / "b.db")  # this process's stores share one lock
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.in_progress("t") == 0  # the other let go: this one takes it
+    assert also.in_progress("t") == 0
     second.close()
+    also.close()
+
+
+HOLD = """
+import sys, time, pathlib
+from app.batches.backends import SqliteStore
+store = SqliteStore(pathlib.Path(sys.argv[1]))
+store.in_progress("t")
+print("holding", flush=True)
+time.sleep(60)
+"""
