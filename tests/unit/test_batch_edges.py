@@ -201,3 +201,54 @@ def test_a_huge_max_tokens_is_stored(store: SqliteStore) -> None:
              "created_at": int(time.time()), "expires_at": time.time() + 60}  # fmt: skip
     store.create_batch(batch, "t", [Line("b", 0, "a", {"max_tokens": 10**20})])  # before: 500
     assert store.backlog() == (1, 2**31 - 1)
+
+
+async def test_an_output_file_is_written_and_read_in_chunks(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.batches.store.CHUNK", 300)  # a few lines a chunk
+    job(store, 40)
+
+    async def run_line(tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]) -> Any:
+        return {"i": body["i"], "pad": "x" * 50}
+
+    batch = await drive(BatchRunner(store, run_line, lambda: 8), store)
+    file_id = batch["output_file_id"]
+    parts = store.parts(file_id, "t")
+    assert parts is not None and parts > 5  # before: one blob, built whole in memory
+    assert store.parts(file_id, "other") is None  # another tenant's: no such file
+    pieces = [store.part(file_id, i) for i in range(parts)]
+    assert all(len(p) <= 300 + 200 for p in pieces)
+    got = [json.loads(x) for x in b"".join(pieces).decode().splitlines()]
+    assert [x["custom_id"] for x in got] == [f"c{i}" for i in range(40)]
+    assert store.file(file_id, "t")["bytes"] == sum(map(len, pieces))  # type: ignore[index]
+    assert store.delete_file(file_id, "t") and store.parts(file_id, "t") is None
+
+
+async def test_one_batch_that_cannot_settle_holds_up_no_other(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job(store, 2)  # "b", created first
+    other = {"id": "b2", "object": "batch", "endpoint": "/v1/completions",
+             "status": "in_progress", "created_at": int(time.time()) + 1,
+             "expires_at": time.time() + 3600}  # fmt: skip
+    store.create_batch(other, "t", [Line("b2", 0, "x", {"i": 0})])
+    real = store.settle
+
+    def settle(batch: dict[str, Any], expect: str, tenant: str) -> bool:
+        if batch["id"] == "b":
+            raise OSError("too big for the store")
+        return real(batch, expect, tenant)
+
+    monkeypatch.setattr(store, "settle", settle)
+
+    async def run_line(tenant: str, batch_id: str, endpoint: str, body: dict[str, Any]) -> Any:
+        return {"i": body["i"]}
+
+    runner = BatchRunner(store, run_line, lambda: 4, ahead=0)
+    deadline = time.monotonic() + 10
+    while (store.batch("b2") or {})["status"] != "completed":
+        await runner.step()
+        await asyncio.sleep(0.01)
+        assert time.monotonic() < deadline, "b2 was held up behind b"
+    assert store.batch("b")["status"] == "in_progress"  # type: ignore[index]
