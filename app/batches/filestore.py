@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, BinaryIO
 
-from app.batches.records import ACTIVE, Tx, file_meta
+from app.batches.records import ACTIVE, CHUNK, Tx, file_meta
 
 FILE_META = "SELECT id, purpose, filename, bytes, created_at FROM files "
 
@@ -45,26 +45,38 @@ class FileStore:
         self,
         meta: dict[str, Any],
         tenant: str,
-        content: bytes,
+        content: bytes | BinaryIO,
         quota: tuple[int, int] | None = None,
+        limit: int | None = None,
     ) -> str | None:
-        """Store a file; with `quota` (files, bytes of the tenant's input
-        files), checked in the same transaction: which one it would pass
-        ("files" or "bytes"), and nothing stored, else None."""
-        with self._tx() as db:
-            if quota is not None:
-                if self.tenant_lock:
-                    db.execute(self.tenant_lock, (tenant,))
-                n, total = db.execute(
-                    "SELECT count(*), coalesce(sum(bytes), 0) FROM files "
-                    "WHERE tenant = ? AND purpose = 'batch'",
-                    (tenant,),
-                ).fetchall()[0]
-                if int(n) >= quota[0]:
-                    return "files"
-                if int(total) + int(meta["bytes"]) > quota[1]:
-                    return "bytes"
-            insert_file(db, meta, tenant, content)
+        """Store a file: bytes in its row, or a file object read CHUNK by
+        CHUNK into chunk rows (an upload never held whole; `limit`: refused
+        past that many bytes, meta["bytes"] set). With `quota` (files, bytes
+        of the tenant's input files), checked in the same transaction. The
+        reason it was refused ("files", "bytes" or "size": nothing stored),
+        else None."""
+        try:
+            with self._tx() as db:
+                total = 0
+                if quota is not None:
+                    if self.tenant_lock:
+                        db.execute(self.tenant_lock, (tenant,))
+                    n, total = db.execute(
+                        "SELECT count(*), coalesce(sum(bytes), 0) FROM files "
+                        "WHERE tenant = ? AND purpose = 'batch'",
+                        (tenant,),
+                    ).fetchall()[0]
+                    if int(n) >= quota[0]:
+                        raise _Refused("files")
+                if isinstance(content, bytes):
+                    insert_file(db, meta, tenant, content)
+                else:
+                    meta["bytes"] = _chunks(db, meta["id"], content, limit)
+                    insert_file(db, meta, tenant, b"")
+                if quota is not None and int(total) + int(meta["bytes"]) > quota[1]:
+                    raise _Refused("bytes")
+        except _Refused as refused:
+            return refused.reason
         return None
 
     def file(self, file_id: str, tenant: str) -> dict[str, Any] | None:
@@ -125,6 +137,23 @@ class FileStore:
             if gone:
                 db.executemany("DELETE FROM files WHERE id = ?", gone)
         return len(gone)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _chunks(db: Tx, file_id: str, source: BinaryIO, limit: int | None) -> int:
+    """`source` read into chunk rows of `file_id`; its size."""
+    seq = size = 0
+    while piece := source.read(CHUNK):
+        size += len(piece)
+        if limit is not None and size > limit:
+            raise _Refused("size")
+        db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, piece))
+        seq += 1
+    return size
 
 
 def insert_file(db: Tx, meta: dict[str, Any], tenant: str, content: bytes) -> None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from app.batches.input import read_input
 from app.batches.records import Line, StoreError
@@ -61,22 +61,25 @@ class Batches:
         )
 
     async def upload(
-        self, owner: str, filename: str, purpose: str, content: bytes
+        self, owner: str, filename: str, purpose: str, content: bytes | BinaryIO
     ) -> dict[str, Any]:
+        """A file stored for `owner`: bytes, or a file object (an upload the
+        HTTP parser spooled to disk) read a chunk at a time into the store."""
         if purpose != "batch":
             raise InvalidRequest("purpose must be 'batch'.", param="purpose")
-        if len(content) > self.max_file_bytes:
+        if isinstance(content, bytes) and len(content) > self.max_file_bytes:
             raise self.too_large()
         meta = {
             "id": f"file-{uuid.uuid4().hex}",
             "purpose": purpose,
             "filename": filename[:255] or "upload.jsonl",
-            "bytes": len(content),
+            "bytes": len(content) if isinstance(content, bytes) else 0,
             "created_at": int(time.time()),
         }
-        over = await self._db(
-            self.store.put_file, meta, owner, content, (self.max_files, self.max_storage)
-        )
+        quota = (self.max_files, self.max_storage)
+        over = await self._db(self.store.put_file, meta, owner, content, quota, self.max_file_bytes)
+        if over == "size":
+            raise self.too_large()
         if over is not None:
             what = (
                 f"{self.max_files} input files (GATEWAY_MAX_BATCH_FILES)"

@@ -6,8 +6,10 @@ and two gateways holding one budget through a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -486,3 +488,52 @@ def test_batch_lines_come_in_at_the_batch_priority(tenanted: Tenanted) -> None:
         client.completions.create(model=MODEL_NAME, prompt="Hello", max_tokens=bad)
     message = error["response"]["body"]["error"]["message"]
     assert message == online.value.body["message"]  # type: ignore[index]
+
+
+def test_a_removed_tenants_batch_fails_and_runs_no_more_lines(tenanted: Tenanted) -> None:
+    """A tenant removed from the file (SIGHUP) while its batch runs: the
+    batch fails with tenant_removed and no more of its lines run (before:
+    the batch went on unrestricted and unbilled, 308 usage lines for 150)."""
+    gone = """  - name: leaving
+    keys: ["sk-leaving"]
+"""
+    before = tenanted.tenants.read_text()
+    tenanted.tenants.write_text(before + gone)
+    tenanted.gw.proc.send_signal(signal.SIGHUP)
+    client = tenanted.client("sk-leaving")
+    _wait(lambda: _accepted(client), what="the new tenant's key")
+    body = {"model": MODEL_NAME, "prompt": "Go", "max_tokens": 64, "ignore_eos": True}
+    batch = submit(client, lines_of([{**body, "prompt": f"Go {i}"} for i in range(150)]))
+    _wait(lambda: len(_batch_lines(tenanted, batch.id)) >= 2, what="a few lines run")
+    tenanted.tenants.write_text(before)
+    tenanted.gw.proc.send_signal(signal.SIGHUP)
+    # The batch is no one's now: its row in the gateway's store says why.
+    _wait(lambda: _stored(tenanted, batch.id)["status"] == "failed", what="the batch failed")
+    assert _stored(tenanted, batch.id)["errors"]["data"][0]["code"] == "tenant_removed"
+    time.sleep(2)  # lines already running end; none start
+    ran = len(_batch_lines(tenanted, batch.id))
+    time.sleep(3)
+    assert len(_batch_lines(tenanted, batch.id)) == ran < 150
+    with pytest.raises(openai.AuthenticationError):
+        client.batches.retrieve(batch.id)  # the key is gone with its tenant
+    assert tenanted.client("sk-batch").models.list().data  # the gateway serves on
+
+
+def _accepted(client: openai.OpenAI) -> bool:
+    try:
+        client.models.list()
+        return True
+    except openai.AuthenticationError:
+        return False
+
+
+def _stored(tenanted: Tenanted, batch_id: str) -> dict[str, Any]:
+    """The batch as the gateway's SQLite store holds it (read-only)."""
+    db = tenanted.usage.parent / "usage.state" / "batches.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        (body,) = conn.execute("SELECT body FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    return dict(json.loads(body))
+
+
+def _batch_lines(tenanted: Tenanted, batch_id: str) -> list[dict[str, Any]]:
+    return [x for x in tenanted.lines() if x.get("batch_id") == batch_id]

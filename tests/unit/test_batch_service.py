@@ -130,3 +130,24 @@ async def test_file_quotas_and_the_expiry_of_input_files(tmp_path: Path) -> None
     assert store.expire_files(time.time() + 10) == 2  # t1's and t2's, not t3's
     assert [x["id"] for x in (await api.files("t3"))["data"]] == [used["id"]]
     assert (await api.files("t1"))["data"] == []
+
+
+async def test_an_upload_is_read_from_its_file_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.batches.filestore.CHUNK", 64)
+    store = SqliteStore(tmp_path / "b.db")
+    api = Batches(store, max_file_bytes=1000, max_lines=10, max_active=5)
+    content = (LINE + b"\n") * 3
+    spooled = tmp_path / "upload"
+    spooled.write_bytes(content)
+    with spooled.open("rb") as source:
+        f = await api.upload("t1", "in.jsonl", "batch", source)
+    assert f["bytes"] == len(content)
+    assert store.parts(f["id"], "t1") == -(-len(content) // 64)  # chunk rows, no blob
+    assert await api.content("t1", f["id"]) == content
+    with pytest.raises(InvalidRequest, match="larger than 1000"):
+        with spooled.open("rb") as source:
+            spooled.write_bytes(content * 10)
+            await api.upload("t1", "big.jsonl", "batch", source)
+    assert [x["id"] for x in (await api.files("t1"))["data"]] == [f["id"]]  # nothing half-kept

@@ -58,16 +58,10 @@ async def upload_file(
     purpose: Annotated[str, Form()],
 ) -> Response:
     """Upload a JSONL file of requests for a batch."""
-    # Read in pieces (the parser spooled it to disk), refused as soon as it
-    # is too large rather than held whole first.
-    pieces, size, limit = [], 0, caller.batches.max_file_bytes
-    while piece := await file.read(2**20):
-        size += len(piece)
-        if size > limit:
-            raise caller.batches.too_large()
-        pieces.append(piece)
-    content = b"".join(pieces)
-    meta = await caller.batches.upload(caller.owner, file.filename or "", purpose, content)
+    # The parser spooled it to disk; the store reads it from there a chunk at
+    # a time (never whole in memory), refused once past the limit.
+    await file.seek(0)
+    meta = await caller.batches.upload(caller.owner, file.filename or "", purpose, file.file)
     return json_response(meta)
 
 
