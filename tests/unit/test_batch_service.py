@@ -146,8 +146,7 @@ async def test_an_upload_is_read_from_its_file_a_chunk_at_a_time(
     assert f["bytes"] == len(content)
     assert store.parts(f["id"], "t1") == -(-len(content) // 64)  # chunk rows, no blob
     assert await api.content("t1", f["id"]) == content
-    with pytest.raises(InvalidRequest, match="larger than 1000"):
-        with spooled.open("rb") as source:
-            spooled.write_bytes(content * 10)
-            await api.upload("t1", "big.jsonl", "batch", source)
+    with pytest.raises(InvalidRequest, match="larger than 1000"), spooled.open("rb") as source:
+        spooled.write_bytes(content * 10)
+        await api.upload("t1", "big.jsonl", "batch", source)
     assert [x["id"] for x in (await api.files("t1"))["data"]] == [f["id"]]  # nothing half-kept
