@@ -40,18 +40,12 @@ class LineRunner:
         return bool(owner) and self.tenant_of(owner) is None
 
     def room(self) -> int:
-        """Places batch lines may hold in all now: none while any online
-        request waits, else up to `share` of the engine's places, less the
-        places online requests run in."""
+        """Places batch lines may hold in all now (admission's rule)."""
         service = self.serving()
         if service is None:
             return 0
-        admission = service.runner.admission
-        if admission.queued:
-            return 0
-        slots = service.runner.engine.max_num_seqs
-        online = max(0, admission.running - self.inflight)
-        return max(0, min(max(1, int(slots * self.share)), slots - online))
+        runner = service.runner
+        return runner.admission.batch_room(runner.engine.max_num_seqs, self.share, self.inflight)
 
     async def __call__(
         self, owner: str, batch_id: str, endpoint: str, body: dict[str, Any]

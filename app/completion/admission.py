@@ -147,6 +147,15 @@ class Admission:
         self._weights: dict[Hashable, float] = {}  # flow -> weight, while it runs
         self.steps = 0  # engine steps seen (step())
 
+    def batch_room(self, slots: int, share: float, lines: int) -> int:
+        """Places batch lines (`lines` of them admitted or about to be) may
+        hold in all now: none while any request waits, else up to `share` of
+        the engine's `slots`, less the places online requests run in."""
+        if self.queued:
+            return 0
+        online = max(0, self.running - lines)
+        return max(0, min(max(1, int(slots * share)), slots - online))
+
     def _limit(self, priority: int) -> int:
         if priority <= self.reserve_priority:
             return self.max_inflight

@@ -256,3 +256,18 @@ def test_the_least_counter_starts_next_and_a_flow_without_one_counts_as_zero() -
     assert "bare" not in adm._vt
     holder.release()
     assert bare.running and not half.running
+
+
+def test_the_batch_room_rule() -> None:
+    """Batch lines fill up to their share of the engine's places, less the
+    places online requests run in, and none while anything waits."""
+    adm = Admission(max_inflight=4, max_queue=4, max_queued_tokens=100)
+    assert adm.batch_room(slots=8, share=0.75, lines=0) == 6
+    assert adm.batch_room(slots=8, share=0.01, lines=0) == 1  # at least one place
+    online = [adm.enter(1) for _ in range(3)]  # three online requests run
+    assert adm.batch_room(slots=8, share=0.75, lines=0) == 5
+    assert adm.batch_room(slots=8, share=0.75, lines=2) == 6  # two of them were lines
+    online += [adm.enter(1), adm.enter(1)]  # the fifth waits: no room for lines
+    assert adm.queued == 1 and adm.batch_room(slots=8, share=0.75, lines=0) == 0
+    for place in online:
+        place.release()
