@@ -7,7 +7,7 @@ files) in the transaction that stores them; input files expire."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
@@ -71,7 +71,8 @@ class FileStore:
                 if isinstance(content, bytes):
                     insert_file(db, meta, tenant, content)
                 else:
-                    meta["bytes"] = _chunks(db, meta["id"], content, limit)
+                    pieces = iter(lambda: content.read(CHUNK), b"")
+                    meta["bytes"] = insert_chunks(db, meta["id"], pieces, limit)
                     insert_file(db, meta, tenant, b"")
                 if quota is not None and int(total) + int(meta["bytes"]) > quota[1]:
                     raise _Refused("bytes")
@@ -136,6 +137,7 @@ class FileStore:
             gone = [(r[0],) for r in old if r[0] not in used]
             if gone:
                 db.executemany("DELETE FROM files WHERE id = ?", gone)
+                db.executemany("DELETE FROM file_chunks WHERE file_id = ?", gone)
         return len(gone)
 
 
@@ -144,15 +146,15 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _chunks(db: Tx, file_id: str, source: BinaryIO, limit: int | None) -> int:
-    """`source` read into chunk rows of `file_id`; its size."""
-    seq = size = 0
-    while piece := source.read(CHUNK):
+def insert_chunks(db: Tx, file_id: str, pieces: Iterable[bytes], limit: int | None = None) -> int:
+    """`pieces` stored as the chunk rows of `file_id`, in order; their size
+    (past `limit`: refused, the transaction rolled back)."""
+    size = 0
+    for seq, piece in enumerate(pieces):
         size += len(piece)
         if limit is not None and size > limit:
             raise _Refused("size")
         db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, piece))
-        seq += 1
     return size
 
 

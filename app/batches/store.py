@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from app.batches.filestore import FileStore, insert_file
+from app.batches.filestore import FileStore, insert_chunks, insert_file
 from app.batches.records import ACTIVE, CHUNK, Counts, Line, Tx, finished_at
 
 
@@ -263,7 +263,20 @@ class _Lost(Exception):
 def _answers_file(db: Tx, batch_id: str, state: str, tenant: str) -> str | None:
     """The output (state done) or error file of a batch, its lines' answers
     in the input's order, one JSON per line; its id, or None if it has none."""
-    file_id, seq, size, buf, after = f"file-{uuid.uuid4().hex}", 0, 0, bytearray(), -1
+    file_id = f"file-{uuid.uuid4().hex}"
+    size = insert_chunks(db, file_id, _answers(db, batch_id, state))
+    if not size:
+        return None
+    kind = "output" if state == "done" else "error"
+    meta = {"id": file_id, "purpose": "batch_output", "filename": f"{batch_id}_{kind}.jsonl",
+            "bytes": size, "created_at": int(time.time())}  # fmt: skip
+    insert_file(db, meta, tenant, b"")  # the content is in its chunks
+    return file_id
+
+
+def _answers(db: Tx, batch_id: str, state: str) -> Iterator[bytes]:
+    """The answers as JSON lines, read 500 lines a page, in CHUNK-sized pieces."""
+    buf, after = bytearray(), -1
     while rows := db.execute(
         "SELECT idx, result FROM lines WHERE batch_id = ? AND state = ? AND idx > ? "
         "ORDER BY idx LIMIT 500",
@@ -273,18 +286,10 @@ def _answers_file(db: Tx, batch_id: str, state: str, tenant: str) -> str | None:
         for _, result in rows:
             buf += result.encode() + b"\n"
             if len(buf) >= CHUNK:
-                db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, bytes(buf)))
-                seq, size, buf = seq + 1, size + len(buf), bytearray()
+                yield bytes(buf)
+                buf = bytearray()
     if buf:
-        db.execute("INSERT INTO file_chunks VALUES (?, ?, ?)", (file_id, seq, bytes(buf)))
-        size += len(buf)
-    if not size:
-        return None
-    kind = "output" if state == "done" else "error"
-    meta = {"id": file_id, "purpose": "batch_output", "filename": f"{batch_id}_{kind}.jsonl",
-            "bytes": size, "created_at": int(time.time())}  # fmt: skip
-    insert_file(db, meta, tenant, b"")  # the content is in its chunks
-    return file_id
+        yield bytes(buf)
 
 
 def _marks(values: Sequence[Any]) -> str:

@@ -150,3 +150,6 @@ async def test_an_upload_is_read_from_its_file_a_chunk_at_a_time(
         spooled.write_bytes(content * 10)
         await api.upload("t1", "big.jsonl", "batch", source)
     assert [x["id"] for x in (await api.files("t1"))["data"]] == [f["id"]]  # nothing half-kept
+    assert store.expire_files(time.time() + 10) == 1  # its chunk rows go with it
+    with store._tx() as db:
+        assert db.execute("SELECT count(*) FROM file_chunks").fetchall()[0][0] == 0
