@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.adapters.check import AdapterRefused, inspect, read
+from app.adapters.check import AdapterRefused
 from app.adapters.files import persist, remove, split_name, withdraw
 from app.adapters.registry import NOT_FOUND, Adapters
 from app.errors import Conflict, InvalidRequest, ModelNotFound
@@ -51,15 +51,8 @@ async def load(adapters: Adapters, name: str, path: str, who: str) -> None:
                 "An adapter of that name is already loaded; roll out a new version as name@N.",
                 param="lora_name",
             )
-        limit = adapters.shape.weights_limit(adapters.max_rank)
-
-        def check() -> tuple[bytes, bytes]:  # off the event loop: reading and parsing
-            files = read(Path(path), limit)
-            inspect(files, adapters.shape, adapters.max_rank, adapters.ascend)
-            return files
-
-        try:
-            files = await asyncio.to_thread(check)
+        try:  # off the event loop: reading and parsing
+            files, _ = await asyncio.to_thread(adapters.check, Path(path))
         except AdapterRefused as exc:
             adapters.refuse(name, exc, f"admin load by {who}")
             raise InvalidRequest(f"The adapter was refused: {exc}.", param="lora_path") from None

@@ -97,6 +97,12 @@ class Adapters:
         """The adapter a model id names: exactly, or as its family's newest."""
         return self.by_name.get(model) or self.aliases.get(model)
 
+    def check(self, path: Path) -> tuple[tuple[bytes, bytes], AdapterSpec]:
+        """An adapter directory's files and what they are, checked against the
+        served model (blocking: a thread's), or AdapterRefused."""
+        files = read(path, self.shape.weights_limit(self.max_rank))
+        return files, inspect(files, self.shape, self.max_rank, self.ascend)
+
     def refuse(self, name: str, why: AdapterRefused | GatewayError, where: str) -> None:
         reason = why.reason if isinstance(why, AdapterRefused) else "engine"
         self.metrics.refusals[reason].inc()
@@ -168,8 +174,7 @@ class Adapters:
         parts = split_name(name)
         if parts is None:
             raise AdapterRefused("not a valid adapter name (name or name@N)", "name")
-        files = read(path, self.shape.weights_limit(self.max_rank))
-        spec = inspect(files, self.shape, self.max_rank, self.ascend)
+        files, spec = self.check(path)
         if old is not None and old.spec.digest == spec.digest:
             old.seen, old.source = seen, path
             return old

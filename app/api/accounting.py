@@ -23,14 +23,12 @@ class Accounting:
     def __init__(self, app: ASGIApp, door: Door):
         self.app = app
         self.door = door  # the one way into a completion (HTTP and batch lines)
-        self.ledger = door.ledger
-        self.tracing = door.tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        ledger, tracing = self.ledger, self.tracing
+        ledger, tracing = self.door.ledger, self.door.tracing
         ex = exchange(scope)
         record = None
         token = None
